@@ -1,0 +1,333 @@
+"""Tests for evaluate.py: the metric helpers against brute force, grading robustness, generation
+padding invariance, subprocess smoke runs on a tiny model (arith and GSM8K-format rows, best-of-N
+with a tiny PRM / ORM), bad input, and plot mode."""
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import evaluate as ev
+import rewards
+from conftest import ROOT, build_tiny_model
+
+
+# -----------------------------------------------------------------------------
+# pass@k, maj@k, repeated steps, PRM aggregation, best-of-N
+
+def test_pass_at_k_matches_brute_force_enumeration():
+    for n in range(1, 7):
+        for c in range(n + 1):
+            correct = [True] * c + [False] * (n - c)
+            for k in range(1, n + 1):
+                subsets = list(itertools.combinations(range(n), k))
+                brute = sum(any(correct[i] for i in s) for s in subsets) / len(subsets)
+                assert ev.pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12), (n, c, k)
+
+
+def test_pass_at_k_edges_and_large_n():
+    assert ev.pass_at_k(8, 0, 8) == 0.0
+    assert ev.pass_at_k(8, 1, 1) == pytest.approx(1 / 8)
+    assert ev.pass_at_k(8, 1, 8) == 1.0
+    # n = 1000: C(1000, 500) overflows a float; the product form does not
+    assert ev.pass_at_k(1000, 10, 500) == pytest.approx(1 - math.comb(990, 500) / math.comb(1000, 500))
+    for bad in [(4, 5, 1), (4, 1, 0), (4, 1, 5)]:
+        with pytest.raises(ValueError):
+            ev.pass_at_k(*bad)
+
+
+def test_majority_vote_tie_rule_and_non_voters():
+    assert ev.majority_vote(["5", "3", "3", "5"]) == 0  # 2-2 tie: "5" was voted first
+    assert ev.majority_vote(["3", "5", "5", "3"]) == 0
+    assert ev.majority_vote(["7", "5", "3", "5"]) == 1  # clear majority, first voter of "5"
+    assert ev.majority_vote([None, "5", None, "3"]) == 1  # None does not vote; 1-1 tie -> earliest
+    assert ev.majority_vote([None, None]) is None
+    assert ev.majority_vote(["x = 3", "4", "x=3"]) == 0  # whitespace does not split a vote
+
+
+def test_maj_at_k_averages_disjoint_chunks():
+    answers = ["1", "2", "2", "9", None, None, "3", "3"]
+    correct = [True, False, False, False, False, False, True, True]
+    assert ev.maj_at_k(answers, correct, 8) == 0.0  # "2" 2 votes, "3" 2 votes: "2" first -> wrong
+    # k = 2: chunks [1,2] -> "1" (tie, first) right; [2,9] -> "2" wrong; [-,-] -> no vote; [3,3] right
+    assert ev.maj_at_k(answers, correct, 2) == pytest.approx(2 / 4)
+    assert ev.maj_at_k(answers, correct, 1) == pytest.approx(3 / 8)  # maj@1 = sampling accuracy
+    # k = 3: chunks [1,2,2] -> "2" wrong, [9,-,-] -> "9" wrong; the last 2 samples are unused
+    assert ev.maj_at_k(answers, correct, 3) == 0.0
+    assert ev.maj_at_k(answers[::-1], correct[::-1], 3) == pytest.approx(1 / 2)  # [3,3,-] right
+
+
+def test_repeated_step_count_whitespace_normalised():
+    steps = ["3 + 4 = 7", "7 +  1 = 8", "3  +\t4 = 7", "7 + 1 = 8", "3 + 4 = 7", "3 + 4 = 70"]
+    assert ev.repeated_step_count(steps) == 3
+    assert ev.repeated_step_count([]) == 0
+    assert ev.repeated_step_count(["a", "A"]) == 0  # case matters: only whitespace is normalised
+    resp = "1 + 1 = 2\n\n1 + 1 = 2\n\n 1 + 1 =  2 \n\nThe answer is \\boxed{2}."
+    rec = ev.measure(resp, truncated=False, n_tokens=10)
+    assert (rec["steps"], rec["repeated_steps"], rec["answer"]) == (4, 2, "2")
+
+
+def test_aggregate_prm_and_best_of_n():
+    assert ev.aggregate_prm([0.9, 0.2, 0.8], "min") == 0.2
+    assert ev.aggregate_prm([0.9, 0.2, 0.8], "product") == pytest.approx(0.144)
+    assert ev.aggregate_prm([0.9, 0.2, 0.8], "last") == 0.8
+    assert ev.aggregate_prm([], "min") == -math.inf
+    with pytest.raises(ValueError):
+        ev.aggregate_prm([0.5], "mean")
+    assert ev.best_of_n([0.1, 0.7, 0.7, 0.2]) == 1  # tie -> earliest
+    assert ev.best_of_n([-math.inf, -math.inf]) == 0
+    assert ev.ks_for(8) == [1, 2, 4, 8] and ev.ks_for(6) == [1, 2, 4, 6] and ev.ks_for(1) == [1]
+
+
+def _rec(problem, kind, sample, correct, answer="1", truncated=False, prm=None, orm=None, steps=1):
+    r = {"problem": problem, "kind": kind, "sample": sample, "correct": correct, "answer": answer,
+         "truncated": truncated, "response_tokens": 10, "steps": steps, "repeated_steps": 0,
+         "grading_error": None}
+    if prm is not None:
+        r["prm_step_scores"] = prm
+    if orm is not None or prm is not None:
+        r["orm_score"] = orm
+    return r
+
+
+def test_summarize_best_of_n_each_aggregation_picks_its_own_sample():
+    # one problem, 3 samples: min picks s0, product picks s1, last picks s2; only s1 is right,
+    # the ORM prefers s1. Greedy is wrong.
+    recs = [_rec(0, "greedy", 0, False, "7"),
+            _rec(0, "sample", 0, False, "5", prm=[0.6, 0.6, 0.6], orm=0.1),
+            _rec(0, "sample", 1, True, "6", prm=[0.99, 0.5, 0.99], orm=0.9),
+            _rec(0, "sample", 2, False, "5", prm=[0.3, 0.3, 0.995], orm=None)]
+    res = ev.summarize(recs, prm_agg="product")
+    assert res["best_of_n_prm_min"] == 0.0
+    assert res["best_of_n_prm_product"] == 1.0 and res["best_of_n_prm"] == 1.0
+    assert res["best_of_n_prm_last"] == 0.0
+    assert res["best_of_n_orm"] == 1.0
+    assert res["greedy_accuracy"] == 0.0 and res["sampling_accuracy"] == pytest.approx(1 / 3)
+    assert res["maj@2"] == 0.0  # chunk [s0, s1]: 1-1 tie -> "5" (first) -> wrong
+    assert res["pass@2"] == pytest.approx(2 / 3) and res["pass@3"] == 1.0
+
+
+def test_summarize_truncated_does_not_vote_and_diagnostics():
+    recs = [_rec(0, "sample", 0, False, "4", truncated=True, steps=5),
+            _rec(0, "sample", 1, False, "4", truncated=True, steps=5),
+            _rec(0, "sample", 2, True, "3", steps=2),
+            _rec(1, "sample", 0, False, None, steps=0),
+            _rec(1, "sample", 1, False, None, steps=0),
+            _rec(1, "sample", 2, False, "2", steps=4)]
+    recs[2]["repeated_steps"] = 1
+    recs[4]["grading_error"] = "is_correct: ValueError: bad gold"
+    res = ev.summarize(recs)
+    assert res["maj@3"] == pytest.approx(0.5)  # problem 0: the truncated "4"s do not vote
+    assert res["greedy_accuracy"] is None and "best_of_n_prm" not in res
+    assert res["steps_per_response"] == pytest.approx(16 / 6)  # no greedy: headline = samples
+    assert res["repeated_step_fraction"] == pytest.approx(1 / 16)
+    assert res["truncated_fraction"] == pytest.approx(2 / 6)
+    assert res["no_answer_fraction"] == pytest.approx(2 / 6)
+    assert res["grading_errors"] == 1
+
+
+def test_grade_counts_failures_and_truncation_without_crashing():
+    recs = [dict(ev.measure(text, trunc, 5), gold=gold) for text, gold, trunc in [
+        ("1 + 2 = 3\n\nThe answer is \\boxed{3}.", "3", False),
+        ("The answer is \\boxed{3}.", "3", True),     # truncated: incorrect even if right
+        ("The answer is \\boxed{4}.", "3", False),
+        ("\\boxed{\\frac{1}{2}}", "0.5", False),
+        ("\\boxed{3}", "", False),                    # unparsable gold: counted error, not a crash
+        ("\x00\\boxed{" * 50, "3", False),            # garbage
+    ]]
+    ev.grade(recs, processes=1)
+    assert [r["correct"] for r in recs] == [True, False, False, True, False, False]
+    assert [r["grading_error"] is not None for r in recs] == [False] * 4 + [True, False]
+
+
+# -----------------------------------------------------------------------------
+# Generation
+
+def test_left_padded_batch_gives_the_same_greedy_responses(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    qs = ["Compute 1 + 2.", "Compute 13 - 4 + 88 - 7 + 21.", "Compute 5 - 6 + 7."]
+    ids = [tok(rewards.build_prompt(tok, q), add_special_tokens=False).input_ids for q in qs]
+    kw = dict(do_sample=False, temperature=1.0, top_p=1.0, max_new_tokens=8, pad_id=tok.pad_token_id,
+              eos_ids={tok.eos_token_id})
+    batched = ev.generate(model, ids, batch_size=3, **kw)
+    alone = [ev.generate(model, [p], batch_size=1, **kw)[0] for p in ids]
+    assert batched == alone
+    assert all(len(t) <= 8 and (trunc == (len(t) == 8 and tok.eos_token_id not in t)) for t, trunc in batched)
+
+
+# -----------------------------------------------------------------------------
+# Subprocess smoke runs and bad input
+
+def run_eval(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), *args], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    return p
+
+
+def read_outputs(out_dir):
+    with open(os.path.join(out_dir, "results.json")) as f:
+        res = json.load(f)
+    with open(os.path.join(out_dir, "samples.jsonl")) as f:
+        samples = [json.loads(line) for line in f]
+    return res, samples
+
+
+REQUIRED_KEYS = ["greedy_accuracy", "sampling_accuracy", "pass@1", "pass@2", "maj@1", "maj@2",
+                 "mean_response_tokens", "steps_per_response", "repeated_step_fraction",
+                 "truncated_fraction", "no_answer_fraction", "grading_errors", "config"]
+
+
+def test_smoke_arith_and_gsm8k_rows(tiny_model_dir, tmp_path):
+    gsm = tmp_path / "gsm8k_tiny.jsonl"
+    with open(gsm, "w") as f:
+        for q, a in [("Tom has 3 apples and buys 4 more. How many apples?", "3 + 4 = 7\n#### 7"),
+                     ("A box holds 12 pens. How many pens in 2 boxes?", "12 * 2 = 24\n#### 24"),
+                     ("Sam had 1,000 dollars and spent 1. How much is left?", "#### 999")]:
+            f.write(json.dumps({"question": q, "answer": a}) + "\n")
+    for dataset, limit in [("arith", "3"), (str(gsm), "0")]:
+        out = tmp_path / f"out-{os.path.basename(dataset)}"
+        p = run_eval("--policy", tiny_model_dir, "--dataset", dataset, "--limit", limit,
+                     "--samples", "2", "--max-new-tokens", "12", "--batch-size", "4", "--out-dir", str(out))
+        res, samples = read_outputs(out)
+        assert all(k in res for k in REQUIRED_KEYS), sorted(res)
+        assert "greedy_accuracy" in p.stdout and res["n_problems"] == 3 and res["n_samples"] == 2
+        assert len(samples) == 3 * (1 + 2)
+        assert sorted((s["problem"], s["kind"], s["sample"]) for s in samples) == sorted(
+            [(i, "greedy", 0) for i in range(3)] + [(i, "sample", j) for i in range(3) for j in range(2)])
+        assert all(0.0 <= res[k] <= 1.0 for k in REQUIRED_KEYS[:6] + REQUIRED_KEYS[8:11])
+        assert 1 <= res["mean_response_tokens"] <= 12 and res["config"]["samples"] == 2
+        if dataset != "arith":
+            assert [s["gold"] for s in samples if s["kind"] == "greedy"] == ["7", "24", "999"]
+
+
+ARITH_POLICY = os.path.join(ROOT, "models", "arith-policy")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(ARITH_POLICY, "config.json")),
+                    reason="models/arith-policy not built (python sft.py ..., see README)")
+def test_shipped_arith_policy_end_to_end(tmp_path):
+    # the trained policy answers in the boxed format; its grades must agree with an independent
+    # string comparison (arith answers are integers), and it must get some right
+    out = tmp_path / "policy"
+    run_eval("--policy", ARITH_POLICY, "--limit", "8", "--samples", "2", "--out-dir", str(out))
+    res, samples = read_outputs(out)
+    assert res["no_answer_fraction"] == 0.0 and res["truncated_fraction"] == 0.0
+    assert res["greedy_accuracy"] > 0.0 and res["steps_per_response"] >= 2
+    for s in samples:
+        assert s["correct"] == (s["answer"] == s["gold"] and not s["truncated"]), s
+    assert res["pass@2"] >= res["sampling_accuracy"]
+
+
+@pytest.fixture(scope="module")
+def tiny_rm_dir(tmp_path_factory):
+    """A tiny random causal LM usable as a Math-Shepherd-style PRM/ORM: the arith tokenizer has
+    the step tag "<step>" and the label tokens "+" / "-" (passed explicitly below)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-rm"), seed=1, hidden=32, layers=1)
+
+
+def test_best_of_n_with_tiny_prm_and_orm(tiny_model_dir, tiny_rm_dir, tmp_path):
+    if not hasattr(rewards, "load_reward_model"):
+        pytest.skip("rewards.load_reward_model has not landed in rewards.py")
+    out = tmp_path / "bon"
+    run_eval("--policy", tiny_model_dir, "--dataset", "arith", "--limit", "3", "--samples", "4",
+             "--max-new-tokens", "24", "--temperature", "1.5", "--prm", tiny_rm_dir, "--orm", tiny_rm_dir,
+             "--step-tag", "<step>", "--prm-agg", "last", "--out-dir", str(out))
+    res, samples = read_outputs(out)
+    for k in ["best_of_n_prm", "best_of_n_prm_min", "best_of_n_prm_product", "best_of_n_prm_last",
+              "best_of_n_orm", "maj@4", "greedy_accuracy"]:
+        assert 0.0 <= res[k] <= 1.0, k
+    assert res["best_of_n_prm"] == res["best_of_n_prm_last"]
+    # every response carries one PRM score per step, each a probability
+    assert all(len(s["prm_step_scores"]) == s["steps"] for s in samples)
+    assert all(0.0 <= x <= 1.0 for s in samples for x in s["prm_step_scores"])
+    # results.json agrees with a naive re-ranking of samples.jsonl
+    for how, agg in [("min", min), ("product", math.prod), ("last", lambda v: v[-1])]:
+        hits = []
+        for p in range(3):
+            group = sorted((s for s in samples if s["problem"] == p and s["kind"] == "sample"),
+                           key=lambda s: s["sample"])
+            best, best_score = None, None
+            for s in group:
+                score = agg(s["prm_step_scores"]) if s["prm_step_scores"] else -math.inf
+                if best is None or score > best_score:
+                    best, best_score = s, score
+            hits.append(best["correct"])
+        assert res[f"best_of_n_prm_{how}"] == pytest.approx(sum(hits) / 3), how
+    # the saved scores are the scorer's scores for that response (no batching mix-up)
+    rm = rewards.load_reward_model(tiny_rm_dir, kind="prm", step_tag="<step>")
+    scored = [s for s in samples if s["steps"]][:4]
+    fresh = rm.score([s["question"] for s in scored], [s["response"] for s in scored])
+    for s, f in zip(scored, fresh):
+        assert s["prm_step_scores"] == pytest.approx(f, abs=1e-4)
+
+
+@pytest.mark.parametrize("dataset", ["nope", "data/does/not/exist.jsonl"])
+def test_unknown_dataset_is_a_clear_error(dataset):
+    with pytest.raises(SystemExit) as e:
+        ev.main(["--dataset", dataset, "--policy", "/nonexistent"])
+    msg = str(e.value)
+    assert "arith, gsm8k, math, math500" in msg and dataset in msg
+
+
+def test_missing_policy_and_bad_flags_are_clear_errors(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        ev.main(["--policy", str(tmp_path / "no-such-policy"), "--limit", "1"])
+    assert "no such directory" in str(e.value) and "no-such-policy" in str(e.value)
+    with pytest.raises(SystemExit) as e:  # caught before any generation
+        ev.main(["--policy", str(tmp_path), "--prm", "models/no-such-prm"])
+    assert "--prm models/no-such-prm: no such directory" in str(e.value)
+    assert not ev.looks_local_and_missing("Qwen/Qwen2-1.5B-Instruct")  # a hub id is left to the hub
+    with pytest.raises(SystemExit) as e:  # exists, but is not a model
+        ev.main(["--policy", str(tmp_path), "--limit", "1"])
+    assert "cannot load the policy" in str(e.value)
+    with pytest.raises(SystemExit):
+        ev.parse_config(["--no-such-flag", "1"])
+    with pytest.raises(SystemExit) as e:
+        ev.main(["--prm-agg", "mean"])
+    assert "min, product, last" in str(e.value)
+    cfg = ev.parse_config(["--greedy", "false", "--samples", "3", "--plot", "a", "b", "--out-dir", "x"])
+    assert (cfg.greedy, cfg.samples, cfg.plot, cfg.out_dir) == (False, 3, ["a", "b"], "x")
+    assert ev.parse_config(["--greedy"]).greedy is True and ev.parse_config([]).plot == []
+    with pytest.raises(SystemExit):
+        ev.parse_config(["--greedy", "maybe"])
+
+
+# -----------------------------------------------------------------------------
+# Plot mode
+
+def test_plot_from_synthetic_metrics(tmp_path):
+    runs = []
+    for name, slope in [("prm", 3.0), ("clip_delta", 0.1)]:
+        d = tmp_path / "runs" / name
+        d.mkdir(parents=True)
+        with open(d / "metrics.jsonl", "w") as f:
+            for step in range(10):
+                row = {"step": step, "reward/total": 0.1 * step, "rollout/accuracy": 0.5,
+                       "rollout/response_tokens": 40 + slope * step, "perf/step_seconds": 1.0}
+                if name == "prm":  # keys only one run has are still plotted
+                    row.update({"rollout/steps_per_response": 4 + step, "reward/prm": 0.7})
+                f.write(json.dumps(row) + "\n")
+            if name == "prm":
+                f.write('{"step": 10, "reward/to')  # half-written last line of a running job
+        runs.append(str(d / "metrics.jsonl"))
+    out = tmp_path / "plots"
+    ev.main(["--plot", runs[0], str(tmp_path / "runs" / "clip_delta"), "--out-dir", str(out)])
+    png = out / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    keys = ev.plot_runs(runs, str(tmp_path / "p2.png"), smooth=3)
+    assert keys == ["reward/total", "rollout/accuracy", "rollout/response_tokens",
+                    "rollout/steps_per_response", "reward/prm"]
+    xs, ys = ev.series([{"step": 0, "a": 1.0}, {"step": 1, "a": float("nan")}, {"step": 2, "a": 3.0}], "a", 2)
+    assert (xs, ys) == ([0, 2], [1.0, 2.0])
+    with pytest.raises(SystemExit):
+        ev.plot_runs([str(tmp_path / "missing.jsonl")], str(tmp_path / "x.png"))
