@@ -1,0 +1,448 @@
+"""Tests for reward-model scoring (rewards.py §5) and prm_train.py. Tiny local models, no downloads."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import prm_train
+import rewards
+from conftest import ARITH_TOKENIZER, ROOT, SHARED_DATA, build_tiny_model
+
+TAG = "<step>"
+SOLUTION = "1 + 1 = 2\n\n2 + 1 = 3\n\nThe answer is \\boxed{3}."
+QS = ["Compute 12 + 30 - 5.", "Compute 7 - 9.", "Compute 1 + 1 + 1."]
+RS = ["12 + 30 = 42\n\n42 - 5 = 37\n\nThe answer is \\boxed{37}.",
+      "7 - 9 = -2\n\nThe answer is \\boxed{-2}.",
+      "1 + 1 = 2\n\n\n\n2 + 1 = 4\n\n2 + 1 = 4\n\nThe answer is \\boxed{4}.  "]
+
+
+def naive_scores(model, tokenizer, question, steps, pos_id, neg_id, kind="prm"):
+    """Reference: one full forward per prefix, P(pos) among {pos, neg} from the last logits."""
+    out = []
+    prompt = rewards.build_prompt(tokenizer, question)
+    ks = range(len(steps)) if kind == "prm" else [len(steps) - 1]
+    for k in ks:
+        sep_tag = TAG if kind == "prm" else ""
+        text = prompt + "".join(s + sep_tag + "\n\n" for s in steps[:k]) + steps[k] + TAG
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            logits = model(ids).logits[0, -1].double()
+        out.append(torch.softmax(logits[[pos_id, neg_id]], -1)[0].item())
+    return out
+
+
+@pytest.fixture(scope="module")
+def rm(tiny_model_dir):
+    return rewards.load_reward_model(tiny_model_dir, step_tag=TAG, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def bpe_model_dir(tmp_path_factory):
+    """A second tiny causal LM with a different tokenizer: byte-level BPE trained here on arith text,
+    another chat template ("User: ...\\nAssistant:")."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    rows = rewards.load_problems("arith", "train", limit=300)
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator([r["question"] + "\n" + r["solution"] for r in rows], trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<pad>", "<eos>", TAG], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>",
+                                  additional_special_tokens=[TAG])
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ 'User: ' + m['content'] + '\n' }}"
+                         "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                         max_position_embeddings=512, pad_token_id=0, eos_token_id=1, bos_token_id=None))
+    out = str(tmp_path_factory.mktemp("bpe-model"))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def memo_policy(tmp_path_factory):
+    """A tiny policy that learned to answer every question with SOLUTION (two steps + answer 3)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d = build_tiny_model(tmp_path_factory.mktemp("memo-policy"), seed=0)
+    tok = AutoTokenizer.from_pretrained(d)
+    model = AutoModelForCausalLM.from_pretrained(d)
+    seqs = [tok(rewards.build_prompt(tok, q) + SOLUTION, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            for q in QS]
+    L = max(map(len, seqs))
+    ids = torch.tensor([s + [0] * (L - len(s)) for s in seqs])
+    labels = torch.tensor([s + [-100] * (L - len(s)) for s in seqs])
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(80):
+        model(input_ids=ids, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(d)
+    return d
+
+
+# -----------------------------------------------------------------------------
+# pure helpers
+
+def test_auc_matches_pairwise_loop():
+    rng = random.Random(0)
+    for _ in range(20):
+        n = rng.randint(2, 30)
+        s = [rng.choice([0.1, 0.2, 0.5, 0.7, rng.random()]) for _ in range(n)]
+        y = [rng.random() < 0.5 for _ in range(n)]
+        pos = [a for a, b in zip(s, y) if b]
+        neg = [a for a, b in zip(s, y) if not b]
+        if not pos or not neg:
+            assert prm_train.auc(s, y) != prm_train.auc(s, y)  # NaN
+            continue
+        ref = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg) / (len(pos) * len(neg))
+        assert prm_train.auc(s, y) == pytest.approx(ref)
+
+
+def test_mc_labels_matches_naive_loop():
+    for hits, n, correct, self_ in [([3, 0, 8], 8, 1, True), ([3, 0, 8], 8, 0, True), ([1, 2], 4, 1, False), ([], 4, 1, True)]:
+        ref = []
+        for h in hits:
+            rollouts = [1] * h + [0] * (n - h) + ([correct] if self_ else [])
+            ref.append(sum(rollouts) / len(rollouts))
+        assert prm_train.mc_labels(hits, n, correct, self_) == pytest.approx(ref + [float(correct)])
+
+
+def test_input_formats():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ARITH_TOKENIZER)
+    steps = ["1 + 2 = 3", "The answer is \\boxed{3}."]
+    text, spans = rewards.rm_input_text(tok, "Compute 1 + 2.", steps, TAG, "prm")
+    assert text == "Q: Compute 1 + 2.\nA: 1 + 2 = 3<step>\n\nThe answer is \\boxed{3}.<step>"
+    assert [text[a:b] for a, b in spans] == [TAG, TAG]
+    text, spans = rewards.rm_input_text(tok, "Compute 1 + 2.", steps, TAG, "orm")
+    assert text == "Q: Compute 1 + 2.\nA: 1 + 2 = 3\n\nThe answer is \\boxed{3}.<step>" and len(spans) == 1
+    # the Math-Shepherd model card's format: "<question> Step 1: ... ки\nStep 2: ... ки"
+    text, spans = rewards.rm_input_text(tok, "Q?", ["a", "Step 2: b"], "ки", "prm", "math-shepherd")
+    assert text == "Q? Step 1: a ки\nStep 2: b ки" and [text[a:b] for a, b in spans] == ["ки", "ки"]
+
+
+# -----------------------------------------------------------------------------
+# scoring
+
+def test_score_matches_one_forward_per_prefix(rm):
+    scores = rm.score(QS, RS)
+    for q, r, s in zip(QS, RS, scores):
+        steps = rewards.split_steps(r)
+        assert len(s) == len(steps)
+        assert s == pytest.approx(naive_scores(rm.model, rm.tokenizer, q, steps, rm.pos_id, rm.neg_id), abs=1e-5)
+    assert rm.score(["Compute 1."], [""]) == [[]]  # no steps, no scores
+
+
+def test_orm_scores_once_at_the_end(tiny_model_dir):
+    orm = rewards.load_reward_model(tiny_model_dir, kind="orm", step_tag=TAG, device="cpu")
+    scores = orm.score(QS, RS)
+    assert all(len(s) == 1 for s in scores)
+    for q, r, s in zip(QS, RS, scores):
+        ref = naive_scores(orm.model, orm.tokenizer, q, rewards.split_steps(r), orm.pos_id, orm.neg_id, "orm")
+        assert s == pytest.approx(ref, abs=1e-5)
+
+
+def test_score_invariances(rm, tiny_model_dir):
+    base = rm.score(QS, RS)
+    # batch composition and order: alone, reversed, batch size 1, mixed with other responses
+    alone = [rm.score([q], [r])[0] for q, r in zip(QS, RS)]
+    rev = rm.score(QS[::-1], RS[::-1])[::-1]
+    mixed = rm.score(QS + ["Compute 5."] * 3, RS + ["5 + 0 = 5\n\n" * 6 + "The answer is \\boxed{5}."] * 3)[:3]
+    for other in (alone, rev, rm.score(QS, RS, batch_size=1), mixed):
+        for a, b in zip(base, other):
+            assert a == pytest.approx(b, abs=1e-5)
+    # right padding: extra pad columns do not move a margin
+    rows = [rm.encode(q, rewards.split_steps(r)) for q, r in zip(QS, RS)]
+    m1, k1 = rm.margins(rows)
+    padded = [(ids + [rm.pad_id] * 17, pos) for ids, pos in rows]
+    m2, k2 = rm.margins(padded)
+    assert torch.equal(k1, k2) and torch.allclose(m1[k1], m2[k2], atol=1e-5)
+    # dtype: float64 agrees with float32 to float tolerance, bfloat16 to bf16 tolerance
+    for dtype, tol in ((torch.float64, 1e-5), (torch.bfloat16, 3e-2)):
+        other = rewards.load_reward_model(tiny_model_dir, step_tag=TAG, device="cpu", dtype=dtype).score(QS, RS)
+        for a, b in zip(base, other):
+            assert a == pytest.approx(b, abs=tol)
+
+
+def test_tag_found_by_offsets_not_by_id(rm):
+    # a question that itself contains the tag text must not add or shift scores
+    q = "Compute 1 + 2. <step> (sic)"
+    s = rm.score([q], [RS[1]])[0]
+    assert len(s) == 2
+    assert s == pytest.approx(naive_scores(rm.model, rm.tokenizer, q, rewards.split_steps(RS[1]), rm.pos_id, rm.neg_id), abs=1e-5)
+
+
+def test_mismatched_tokenizer_scoring(bpe_model_dir):
+    """Policy: arith char tokenizer; PRM: byte-level BPE with another chat template. The PRM input is
+    rebuilt from text and each score lands on the policy token ending its step."""
+    from transformers import AutoTokenizer
+
+    policy_tok = AutoTokenizer.from_pretrained(ARITH_TOKENIZER)
+    prm = rewards.load_reward_model(bpe_model_dir, step_tag=TAG, device="cpu")
+    assert len(prm.tokenizer) != len(policy_tok)
+    response_ids = [policy_tok(r, add_special_tokens=False)["input_ids"] + [policy_tok.eos_token_id] for r in RS]
+    values, end_idx, mask = prm.score_tokens(QS, policy_tok, response_ids)
+    for b, (q, r) in enumerate(zip(QS, RS)):
+        steps, ends = rewards.split_steps_with_ends(r)
+        ref = naive_scores(prm.model, prm.tokenizer, q, steps, prm.pos_id, prm.neg_id)
+        assert values[b][mask[b]].tolist() == pytest.approx(ref, abs=1e-5)
+        # char tokenizer: the token holding the step's last char is exactly char_end - 1
+        assert end_idx[b][mask[b]].tolist() == [e - 1 for e in ends]
+    # the (B, K) triple plugs into place_rewards
+    T = max(map(len, response_ids))
+    rmask = torch.tensor([[t < len(ids) for t in range(T)] for ids in response_ids])
+    rew = rewards.place_rewards(values, end_idx, mask, torch.zeros(len(RS)), rmask)
+    assert rew.sum().item() == pytest.approx(values[mask].sum().item(), abs=1e-5)
+
+
+def test_orm_tensors_go_on_last_token(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ARITH_TOKENIZER)
+    orm = rewards.load_reward_model(tiny_model_dir, kind="orm", step_tag=TAG, device="cpu")
+    ids = [tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in RS]
+    values, end_idx, mask = orm.score_tokens(QS, tok, ids)
+    assert mask.sum(1).tolist() == [1, 1, 1]
+    assert end_idx[:, 0].tolist() == [len(i) - 1 for i in ids]
+
+
+def test_missing_tokens_name_them(tiny_model_dir):
+    with pytest.raises(ValueError, match=r"step tag '<nope>'.*pos token 'plus'"):
+        rewards.load_reward_model(tiny_model_dir, step_tag="<nope>", pos_token="plus", device="cpu")
+    with pytest.raises(ValueError, match="neg token 'minus'"):
+        rewards.load_reward_model(tiny_model_dir, step_tag=TAG, neg_token="minus", device="cpu")
+    with pytest.raises(ValueError, match="no step tag"):  # not ours (no meta.json) and no tag given
+        rewards.load_reward_model(tiny_model_dir, device="cpu")
+
+
+def test_two_class_head_prm_without_remote_code(tmp_path):
+    """Qwen2.5-Math-PRM layout: Qwen2 backbone under "model.", head score.0 / score.2, separator
+    <extra_0>; scored with AutoModel + the head read from safetensors."""
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2Model
+
+    tok = AutoTokenizer.from_pretrained(ARITH_TOKENIZER)
+    tok.add_special_tokens({"additional_special_tokens": [rewards.QWEN_PRM_TAG]})
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      pad_token_id=0, architectures=["Qwen2ForProcessRewardModel"])
+    backbone = Qwen2Model(cfg)
+    head = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+    sd = {"model." + k: v.contiguous() for k, v in backbone.state_dict().items()}
+    sd.update({"score." + k: v.contiguous() for k, v in head.state_dict().items()})
+    save_file(sd, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    cfg.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    prm = rewards.load_reward_model(str(tmp_path), device="cpu")
+    assert prm.input_format == "qwen-prm" and prm.step_tag == rewards.QWEN_PRM_TAG
+    got = prm.score(QS[:2], RS[:2])
+    for q, r, s in zip(QS[:2], RS[:2], got):
+        steps = rewards.split_steps(r)
+        text = prm.tokenizer.apply_chat_template(
+            [{"role": "system", "content": rewards.QWEN_PRM_SYSTEM}, {"role": "user", "content": q},
+             {"role": "assistant", "content": "".join(x + rewards.QWEN_PRM_TAG for x in steps)}], tokenize=False)
+        ids = torch.tensor([prm.tokenizer(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            p = torch.softmax(head(backbone(ids).last_hidden_state), -1)[0, :, 1]
+        tag_id = prm.tokenizer.convert_tokens_to_ids(rewards.QWEN_PRM_TAG)
+        assert s == pytest.approx(p[ids[0] == tag_id].tolist(), abs=1e-5)
+
+
+# -----------------------------------------------------------------------------
+# step-labeled data readers
+
+def test_math_shepherd_reader():
+    rows = [{"input": "Janet has 3 eggs. Step 1: She eats 1, so 3 - 1 = 2 ки\nStep 2: The answer is: 2 ки",
+             "label": "Janet has 3 eggs. Step 1: She eats 1, so 3 - 1 = 2 +\nStep 2: The answer is: 2 -",
+             "task": "GSM8K"}]
+    (r,) = prm_train.read_math_shepherd(rows)
+    assert r["question"] == "Janet has 3 eggs."
+    assert r["steps"] == ["She eats 1, so 3 - 1 = 2", "The answer is: 2"]
+    assert r["labels"] == [1.0, 0.0] and r["correct"] == 0
+    bad = [{"input": "q Step 1: a ки", "label": "q Step 1: a ?"}]
+    with pytest.raises(ValueError, match="does not match"):
+        prm_train.read_math_shepherd(bad)
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "prm800k_examples")),
+                    reason="../shared/data/prm800k_examples absent")
+def test_prm800k_reader():
+    d = os.path.join(SHARED_DATA, "prm800k_examples")
+    recs = prm_train.read_step_data(os.path.join(d, "phase1_train_example.json"))  # auto-detected
+    assert len(recs) == 3
+    first = recs[0]
+    assert first["question"].startswith("Three pencils") and first["answer"] == "29"
+    assert len(first["steps"]) == 6 and first["labels"] == [1.0] * 6 and first["correct"] == 1
+    # phase 2: a neutral step, then the trajectory ends at the step rated -1
+    (p2, *_) = prm_train.read_step_data(os.path.join(d, "phase2_train_example.json"), neutral=0.5)
+    assert p2["labels"] == [1.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.0] and p2["correct"] == 0
+    assert all("\n\n" not in s for r in recs for s in r["steps"])
+
+
+# -----------------------------------------------------------------------------
+# labeling and training
+
+def test_labeling_batches_all_prefixes_in_one_generate(memo_policy, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(memo_policy)
+    model = AutoModelForCausalLM.from_pretrained(memo_policy).eval()
+    calls = []
+    orig = model.generate
+
+    def counting_generate(*a, **kw):
+        calls.append((kw["input_ids"].shape[0], kw["num_return_sequences"]))
+        return orig(*a, **kw)
+
+    monkeypatch.setattr(model, "generate", counting_generate)
+    problems = [{"question": QS[2], "answer": "3"}, {"question": QS[1], "answer": "-2"}]
+    torch.manual_seed(0)
+    recs, stats = prm_train.label_problems(model, tok, problems, samples_per_problem=2, completions=3,
+                                           temperature=0.3, top_p=1.0, max_new_tokens=60, gen_batch=256,
+                                           step_sep="\n\n", include_self=True)
+    n_prefixes = sum(len(r["steps"]) - 1 for r in recs)
+    assert calls == [(2, 2), (n_prefixes, 3)]  # one call for the solutions, ONE for all prefixes
+    assert stats["rollouts"] == 4 + 3 * n_prefixes and stats["gen_tokens"] > 0
+    assert len(recs) == 4 and n_prefixes > 0
+    for r in recs:
+        assert len(r["labels"]) == len(r["steps"]) and r["steps"] == rewards.split_steps(r["response"])
+        assert r["labels"][-1] == r["correct"]
+        if r["answer"] == "3" and r["correct"]:
+            assert r["labels"] == [1.0] * len(r["steps"])  # its own continuation reaches the gold
+        if r["answer"] == "-2":  # the policy only ever answers 3
+            assert r["correct"] == 0 and max(r["labels"]) == 0.0
+
+
+def test_correct_solutions_skip_rollouts_with_exact_hard_labels(memo_policy):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(memo_policy)
+    model = AutoModelForCausalLM.from_pretrained(memo_policy).eval()
+    problems = [{"question": QS[2], "answer": "3"}, {"question": QS[1], "answer": "-2"}]
+    torch.manual_seed(0)
+    recs, stats = prm_train.label_problems(model, tok, problems, 2, 3, 0.3, 1.0, 60, 256, "\n\n", True,
+                                           mc_correct=False)
+    rolled = [r for r in recs if not r["correct"]]
+    assert stats["rollouts"] == 4 + 3 * sum(len(r["steps"]) - 1 for r in rolled)
+    for r in recs:
+        assert r["soft"] == (not r["correct"])
+        if r["correct"]:
+            assert r["labels"] == [1.0] * len(r["steps"])
+
+
+def test_grow_layers_is_function_preserving(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids = torch.randint(3, 90, (2, 17))
+    with torch.no_grad():
+        before = model(ids).logits
+        prm_train.grow_layers(model, 2)
+        after = model(ids).logits
+    assert model.config.num_hidden_layers == 4 and torch.allclose(before, after, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.allclose(again(ids).logits, after, atol=1e-6)
+
+
+def test_labels_resume_without_relabeling(memo_policy, tmp_path):
+    out = tmp_path / "run"
+    data = tmp_path / "problems.jsonl"
+    with open(data, "w") as f:
+        for i in range(4):
+            f.write(json.dumps({"question": f"Compute {i} + 3.", "answer": "3"}) + "\n")
+    args = ["--init", memo_policy, "--dataset", str(data), "--num-problems", "4", "--label-chunk", "2",
+            "--samples-per-problem", "2", "--completions", "2", "--max-new-tokens", "60",
+            "--label-only", "--out-dir", str(out)]
+    prm_train.main(args)
+    path = out / "labels.jsonl"
+    lines = path.read_text().splitlines()
+    assert sorted({json.loads(x)["id"] for x in lines}) == [0, 1, 2, 3] and len(lines) == 8
+    # simulate a crash in the second chunk: keep chunk 1 and a torn half line
+    path.write_text("\n".join(lines[:4]) + "\n" + lines[4][:20])
+    prm_train.main(args)
+    again = path.read_text().splitlines()
+    assert again[:4] == lines[:4] and len(again) == 8  # chunk 1 kept as is, chunk 2 relabeled once
+    assert sorted(json.loads(x)["id"] for x in again) == [0, 0, 1, 1, 2, 2, 3, 3]
+    prm_train.main(args)  # nothing left to do
+    assert path.read_text().splitlines() == again
+    with pytest.raises(ValueError, match="other settings"):
+        prm_train.main(args[:-2] + ["--completions", "5", "--out-dir", str(out)])
+
+
+def _toy_records(n):
+    """Separable step labels: a step "a + b = c" is good when c is right."""
+    rng = random.Random(0)
+    recs = []
+    for i in range(n):
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        good = i % 2 == 0
+        c = a + b if good else a + b + rng.randint(1, 3)
+        recs.append({"question": f"Compute {a} + {b}.", "steps": [f"{a} + {b} = {c}", f"The answer is \\boxed{{{c}}}."],
+                     "labels": [float(good)] * 2, "correct": int(good)})
+    return recs
+
+
+def test_training_run_saves_a_loadable_scorer(tiny_model_dir, tmp_path):
+    """Subprocess smoke run of the stage on a labeled file: a few steps, a checkpoint that loads with
+    AutoModelForCausalLM and with load_reward_model (tag read from meta.json), eval metrics saved."""
+    from transformers import AutoModelForCausalLM
+
+    data = tmp_path / "labels.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _toy_records(40)))
+    for objective, kind in (("process", "prm"), ("outcome", "orm")):
+        out = tmp_path / kind
+        cmd = [sys.executable, os.path.join(ROOT, "prm_train.py"), "--init", tiny_model_dir, "--data", str(data),
+               "--objective", objective, "--max-steps", "3", "--batch-size", "8", "--micro-batch-size", "4",
+               "--eval-frac", "0.3", "--out-dir", str(out)]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert res.returncode == 0, res.stderr[-2000:]
+        meta = json.loads((out / "meta.json").read_text())
+        assert meta["reward_model"]["kind"] == kind and meta["reward_model"]["step_tag"] == TAG
+        keys = ("eval/step_acc", "eval/step_auc") if kind == "prm" else ("eval/acc", "eval/auc")
+        assert all(k in meta["eval"] for k in keys)
+        AutoModelForCausalLM.from_pretrained(out)
+        scorer = rewards.load_reward_model(str(out), kind=kind, device="cpu")
+        s = scorer.score(QS, RS)
+        assert [len(x) for x in s] == ([3, 2, 4] if kind == "prm" else [1, 1, 1])
+
+
+def test_a_few_training_steps_learn_step_labels(tiny_model_dir):
+    """The BCE at the tags has the right sign and target: 40 steps separate right from wrong steps."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    cfg = prm_train.Config()
+    tag_id, pos_id, neg_id = rewards.resolve_rm_tokens(tok, TAG, "+", "-")
+    recs = _toy_records(32)
+    examples, _ = prm_train.build_examples(tok, recs, "prm", tag_id, False, cfg)
+    scorer = prm_train.TagScorer(model, (pos_id, neg_id))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    batch = prm_train.collate(examples, tok.pad_token_id)
+    for _ in range(40):
+        ids, attn, pos, tgt, tmask = batch
+        loss = prm_train.bce_sum(scorer(ids, attn, pos), tgt, tmask) / tmask.sum()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    rm = rewards.RewardModel(model.eval(), tok, "prm", TAG, "+", "-", "chat", "\n\n", "cpu")
+    res = prm_train.evaluate_rm(rm, recs)
+    assert res["eval/step_auc"] > 0.9 and res["eval/step_acc"] > 0.8
