@@ -1,0 +1,790 @@
+"""
+PPO for math reasoning with the rewards of Gao et al. 2024 (arXiv 2410.15115): the success reward,
+plus an optional learned term from an outcome (ORM) or process (PRM) reward model, with the Clip and
+Delta fixes for PRM reward hacking. Formulas: ../shared/SPEC.md §1-§3; they live in rewards.py.
+
+The per-token reward of a response (SPEC §1; k1 KL inside the reward, no KL term in the loss):
+    r_t = Correct(q, s) [last token] + alpha * learned term [token ending each step] - beta * (logp_t - ref_logp_t)
+
+Algorithm (the numbers match comments in the code)
+  1. Rollout: `prompts_per_step` training questions (a seeded permutation per epoch; each rank its
+     slice), prompts from rewards.build_prompt, `samples_per_prompt` samples each at `temperature`
+     until EOS or `max_new_tokens`, with our own KV-cached loop over left-padded prompts (finished
+     rows leave the batch). Old log-probs, reference log-probs and values: one forward pass each,
+     log-probs in fp32.
+  2. Rewards: Correct from rewards.grade_batch, 0 for a truncated response (TRUNCATION below). The
+     learned term (--reward orm | prm | clip | delta | clip_delta) from rewards.load_reward_model
+     (...).score_tokens: P(correct) per step (PRM) or per response (ORM), transformed by
+     rewards.transform_step_rewards, times alpha, placed by rewards.place_rewards on the token
+     holding each step's last character (ORM and Correct: the last token). Then the KL penalty.
+  3. Advantages: a separate critic (AutoModelForTokenClassification with 1 label, initialised from
+     the policy with a zero head, or --critic). GAE(gamma, lam) with V = 0 after the last token;
+     returns = advantages + values; advantages whitened over the global batch.
+  4. PPO: `ppo_epochs` passes of `minibatches` optimizer steps (all samples of a question in the
+     same minibatch); clipped policy loss and clipped value loss, summed over tokens and divided by
+     the valid-token count of the global minibatch; grad-norm clipping. The first minibatch's
+     ratio must be 1 (logged; a warning if not).
+  5. Log one line per step (metrics.jsonl, optional wandb); greedy accuracy on the first
+     `eval_limit` test problems at step 0, every `eval_every` steps and at the end; decoded samples
+     with their step scores every `sample_every` steps; a checkpoint (HF policy + critic,
+     optimizers, RNG, meta.json) every `save_every` steps and at the end. --resume continues from
+     it: on CPU, bit-identical to a run that was never stopped.
+
+Decisions (not in the paper)
+  - TRUNCATION = "zero-success": a response cut at max_new_tokens ends there with Correct = 0; its
+    learned terms and KL still count (padding a solution into the limit loses the success reward).
+    Logged as rollout/truncated_fraction.
+  - The critic starts from the policy's weights. lam defaults to 1.0: the sparse end-of-response
+    reward reaches every token (gamma = 1 keeps Delta's telescoping exact).
+  - --fsdp shards the policy, critic and the frozen reference (forward only); the reward model is
+    replicated. Generation under FSDP gathers the policy once per rollout and keeps it whole until
+    the rollout ends: one all-gather instead of one per layer per token, at the cost of the
+    unsharded bf16 policy in memory during generation (15 GB for a 7B).
+  - Every random draw (data order, sampling noise, minibatch split) comes from a generator seeded by
+    (seed, step), and a sample's noise is indexed by its global row: the metrics do not depend on
+    the number of processes, and resuming needs only the step.
+
+Commands
+  CPU, the arith world with the shipped checkpoints (about 10 min on 2 cores):
+      python ppo.py
+      python ppo.py --reward prm --out-dir out/ppo-prm                     # the hacking setting
+      torchrun --nproc_per_node=2 ppo.py --fsdp --steps 4 --out-dir out/ppo-fsdp
+  One GPU, Qwen2.5-Math-1.5B-Instruct on MATH with a Math-Shepherd PRM:
+      python ppo.py --policy Qwen/Qwen2.5-Math-1.5B-Instruct --dataset math \\
+          --prm peiyi9979/math-shepherd-mistral-7b-prm --prm-step-tag "ки" --max-new-tokens 1024 \\
+          --prompts-per-step 64 --samples-per-prompt 4 --minibatches 4 --micro-batch-size 4 \\
+          --lr 1e-6 --critic-lr 5e-6 --beta 0.05 --grad-ckpt --steps 300 --eval-limit 500 \\
+          --eval-every 25 --save-every 25 --grade-workers 8 --out-dir out/ppo-1.5b
+  8 GPUs, Qwen2.5-Math-7B-Instruct: the same flags with
+      torchrun --nproc_per_node=8 ppo.py --fsdp --policy Qwen/Qwen2.5-Math-7B-Instruct --prompts-per-step 128 ...
+
+Expected: the default CPU run ends with a greedy arith test accuracy above the starting policy's
+(README); with --reward prm, response length and steps per response grow (reward hacking).
+
+Shapes: B rows (responses) on this rank, P prompt tokens (left-padded), T response tokens
+(right-padded), L = P + T, K steps, V vocabulary.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import rewards
+
+TRUNCATION = "zero-success"  # see Decisions above
+REWARD_MODES = ("success", "orm", "prm", "clip", "delta", "clip_delta")
+
+
+def opt(default, help):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    # models and data
+    policy: str = opt("models/arith-policy", "starting policy (also the reference): dir or hub id")
+    critic: str = opt("", "critic init: '' = the policy's weights with a zero value head, else a dir")
+    prm: str = opt("models/arith-prm", "PRM dir or hub id (modes prm, clip, delta, clip_delta)")
+    orm: str = opt("models/arith-orm", "ORM dir or hub id (mode orm)")
+    prm_step_tag: str = opt("", "reward-model step tag ('' = saved with our checkpoints; 'ки' Math-Shepherd)")
+    dataset: str = opt("arith", "training questions: arith | gsm8k | math | a .jsonl path (train split)")
+    eval_dataset: str = opt("", "greedy-eval set, test split ('' = --dataset)")
+    eval_limit: int = opt(200, "greedy eval on the first N test problems (0 = none)")
+    # reward (SPEC §2)
+    reward: str = opt("clip_delta", f"reward mode: {' | '.join(REWARD_MODES)}")
+    alpha: float = opt(1.0, "weight of the learned reward term")
+    eta: float = opt(0.5, "Clip threshold: min(r - eta, 0)")
+    beta: float = opt(0.02, "KL penalty per token (k1, inside the reward)")
+    # rollout
+    steps: int = opt(100, "PPO steps (rollout + update)")
+    prompts_per_step: int = opt(16, "questions per step, global (all ranks)")
+    samples_per_prompt: int = opt(4, "samples per question")
+    temperature: float = opt(1.0, "sampling temperature (log-probs use the same one)")
+    max_new_tokens: int = opt(160, "response length limit in tokens; reaching it = truncation")
+    # PPO
+    ppo_epochs: int = opt(2, "passes over the rollout batch")
+    minibatches: int = opt(2, "optimizer steps per epoch (global minibatch = batch / minibatches)")
+    micro_batch_size: int = opt(0, "rows per forward/backward per rank (0 = a whole minibatch)")
+    lr: float = opt(5e-5, "policy learning rate (AdamW, constant)")
+    critic_lr: float = opt(1e-3, "critic learning rate")
+    gamma: float = opt(1.0, "discount (1.0 keeps Delta's telescoping exact)")
+    lam: float = opt(1.0, "GAE lambda")
+    cliprange: float = opt(0.2, "policy ratio clip")
+    cliprange_value: float = opt(0.2, "value clip around the rollout values")
+    max_grad_norm: float = opt(1.0, "grad-norm clip per model (0 = off)")
+    # runtime
+    seed: int = opt(0, "seed of data order, sampling and minibatches")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N")
+    fsdp: bool = opt(False, "FSDP2 fully_shard per decoder layer (policy, critic, reference); needs torchrun")
+    grad_ckpt: bool = opt(False, "gradient checkpointing in policy and critic")
+    grade_workers: int = opt(1, "grading processes (1 = serial; MATH: the CPU count)")
+    out_dir: str = opt("out/ppo", "metrics.jsonl and ckpt/ go here")
+    resume: bool = opt(False, "continue from out_dir/ckpt (flags given now override the saved ones)")
+    eval_every: int = opt(25, "steps between greedy evals (0 = start and end only)")
+    save_every: int = opt(25, "steps between checkpoints (0 = end only)")
+    sample_every: int = opt(25, "steps between printed samples (0 = never)")
+    wandb: str = opt("", "wandb project ('' = off)")
+
+
+def parse_config(argv=None):
+    """Config fields -> --flag value options. Returns the Config and the names given explicitly."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(Config):
+        kw = dict(action=argparse.BooleanOptionalAction) if f.type is bool else dict(type=f.type)
+        p.add_argument("--" + f.name.replace("_", "-"), default=f.default,
+                       help=f"{f.metadata['help']} (default: {f.default!r})", **kw)
+    args = p.parse_args(argv)  # NOTE: unknown flags are errors
+    for a in p._actions:  # parse again without defaults: which flags were given (for --resume)
+        a.default = argparse.SUPPRESS
+    return Config(**vars(args)), set(vars(p.parse_args(argv)))
+
+
+class RunError(Exception):
+    """A user-facing error: printed as one line, no traceback."""
+
+
+# -----------------------------------------------------------------------------
+# pure helpers (unit-tested against naive loops in test_ppo.py)
+
+def all_sum(t):
+    """Sum over ranks (a copy; identity without torch.distributed)."""
+    t = t.clone()
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def masked_mean(x, mask):
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x, mask, eps=1e-8, distributed=False):
+    """(x - mean) / std over the valid entries (of all ranks when `distributed`), 0 elsewhere."""
+    m = mask.float()
+    s = torch.stack([(x * m).sum(), m.sum()])
+    s = all_sum(s) if distributed else s
+    mean = s[0] / s[1].clamp(min=1)
+    ss = ((x - mean) ** 2 * m).sum()
+    ss = all_sum(ss) if distributed else ss
+    var = ss / (s[1] - 1).clamp(min=1)  # unbiased, like torch.var
+    return (x - mean) * torch.rsqrt(var + eps) * m
+
+
+def gae(rewards_, values, mask, gamma, lam):
+    """GAE on right-padded rows, all (B, T); mask is a prefix of each row.
+
+    delta_t = r_t + gamma * V_{t+1} - V_t with V = 0 after a row's last token,
+    A_t = delta_t + gamma * lam * A_{t+1}. Returns (advantages, returns = A + V), 0 off the mask.
+    """
+    m = mask.float()
+    adv = torch.zeros_like(rewards_)
+    last = torch.zeros_like(rewards_[:, 0])  # (B,) A_{t+1}
+    for t in reversed(range(rewards_.shape[1])):
+        nxt = values[:, t + 1] * m[:, t + 1] if t + 1 < rewards_.shape[1] else torch.zeros_like(last)
+        last = (rewards_[:, t] + gamma * nxt - values[:, t] + gamma * lam * last) * m[:, t]  # 0 past the end
+        adv[:, t] = last
+    return adv, (adv + values) * m
+
+
+def kl_rewards(score_rewards, logp, ref_logp, mask, beta):
+    """Score rewards minus beta * (logp - ref_logp) on every response token (EOS included), 0 on
+    padding. Returns (total (B, T), kl (B, T))."""
+    kl = (logp - ref_logp) * mask
+    return (score_rewards - beta * kl) * mask, kl
+
+
+def ppo_token_losses(logp, old_logp, adv, values, old_values, returns, mask, cliprange, cliprange_value):
+    """Per-token clipped policy loss, clipped value loss and diagnostics, all (B, T), 0 off the mask."""
+    m = mask.float()
+    ratio = torch.exp(logp - old_logp)
+    clipped = ratio.clamp(1 - cliprange, 1 + cliprange)
+    v_clip = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
+    vf1, vf2 = (values - returns) ** 2, (v_clip - returns) ** 2
+    return {"pg": torch.maximum(-adv * ratio, -adv * clipped) * m, "vf": 0.5 * torch.maximum(vf1, vf2) * m,
+            "clip": (-adv * clipped > -adv * ratio).float() * m, "ratio": ratio * m,
+            # NOTE: old + (v - old) != v in floats: "vf2 > vf1" alone would flip on rounding noise
+            "vclip": ((vf2 > vf1) & ((values - old_values).abs() > cliprange_value)).float() * m,
+            "approx_kl": ((ratio - 1) - (logp - old_logp)) * m}  # k3 estimator
+
+
+def minibatch_ids(n_prompts, minibatches, samples, gen):
+    """The minibatch of every global row. All samples of a prompt share a minibatch (the gradients
+    of their shared prefix then cancel within one optimizer step); each aligned chunk of
+    `minibatches` prompts is a random permutation of 0..M-1. NOTE: every rank holds whole chunks, so
+    global minibatch m takes the same rows whatever the world size (a global shuffle would not)."""
+    ids = torch.argsort(torch.rand(n_prompts // minibatches, minibatches, generator=gen), dim=1).flatten()
+    return ids.repeat_interleave(samples)
+
+
+def problem_indices(step, n, n_problems, seed):
+    """The n problem ids of `step`: a seeded permutation per epoch, consumed in order, so the data
+    position is a function of the step alone."""
+    perms = {e: torch.randperm(n_problems, generator=torch.Generator().manual_seed(seed * 7919 + e))
+             for e in range(step * n // n_problems, ((step + 1) * n - 1) // n_problems + 1)}
+    return [int(perms[i // n_problems][i % n_problems]) for i in range(step * n, (step + 1) * n)]
+
+
+def repeated_steps(steps):
+    """Steps identical, after whitespace normalisation, to an earlier step of the same response."""
+    seen, n = set(), 0
+    for s in steps:
+        key = " ".join(s.split())
+        n += key in seen
+        seen.add(key)
+    return n
+
+
+def check_finite(name, t, step):
+    """Stop, on every rank together, when t holds NaN or inf."""
+    if all_sum((~torch.isfinite(t)).any().float().reshape(1)).item() > 0:
+        raise RunError(f"step {step}: non-finite {name}; stopping (the last checkpoint is left intact)")
+
+
+# -----------------------------------------------------------------------------
+# models
+
+def model_source(path, what, hint):
+    """A local dir or a hub id; a local-looking path that does not exist is one clear error."""
+    local = path.startswith((".", "/", "~")) or path.count("/") != 1 or os.path.isdir(path.split("/")[0])
+    if local and not os.path.isdir(os.path.expanduser(path)):
+        raise RunError(f"{what} {path!r} not found: {hint}")
+    return os.path.expanduser(path)
+
+
+def load_hf(cls, path, what, hint, **kw):
+    try:
+        return cls.from_pretrained(model_source(path, what, hint), **kw)
+    except (OSError, ValueError) as e:
+        raise RunError(f"cannot load {what} from {path!r} ({str(e).splitlines()[0]}): {hint}") from None
+
+
+def no_dropout(model):
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0  # NOTE: with dropout on, the first-minibatch ratio would not be 1
+    return model
+
+
+def shard(model, device, bf16):
+    """FSDP2: fully_shard every decoder layer, then the root (which moves the shards to `device`)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(torch.device(device).type, (dist.get_world_size(),))
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    for layer in model.base_model.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    return fully_shard(model, mesh=mesh, mp_policy=mp)
+
+
+@contextlib.contextmanager
+def gathered(model):
+    """Under FSDP, all-gather the whole model once and keep it until the block ends: the token loop
+    then runs with no collective, so ranks may stop generating at different lengths."""
+    from torch.distributed.fsdp import FSDPModule
+
+    mods = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in mods:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in mods:
+            m.reshard()
+            m.set_reshard_after_forward(True, recurse=False)
+
+
+@torch.no_grad()
+def sample(model, prompt_ids, prompt_mask, max_new_tokens, temperature, eos_ids, pad_id,
+           gen=None, rows=None, n_rows=None):
+    """KV-cached sampling from left-padded prompts (B, P); greedy when temperature == 0.
+
+    Each token draws one uniform per global row, u = rand(n_rows)[rows], and inverts the CDF: a
+    row's sample depends on its global index only, not on the rows it shares a batch with.
+    Finished rows stop writing at once and leave the batch (and KV cache) in groups.
+    Returns responses (B, T) (pad_id after EOS), lengths (B,) with EOS counted, finished (B,).
+    """
+    from transformers import DynamicCache
+
+    B, device = prompt_ids.shape[0], prompt_ids.device
+    eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
+    attn = prompt_mask.long()  # (b, P + t) grows by a column per token
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)  # (B, P)
+    cache = DynamicCache(config=model.config)
+    logits = model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+                   use_cache=True, logits_to_keep=1).logits[:, -1].float()  # (b, V)
+    out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    active, next_pos = torch.arange(B, device=device), pos[:, -1] + 1  # (b,) rows in the batch
+    live = torch.ones(B, dtype=torch.bool, device=device)  # (b,) rows of the batch still generating
+    for t in range(max_new_tokens):
+        if temperature == 0:
+            tok = logits.argmax(-1)  # (b,)
+        else:
+            u = torch.rand(n_rows, generator=gen, device=device)[rows[active]]  # (b,)
+            cdf = torch.softmax(logits / temperature, -1).cumsum(-1)  # (b, V)
+            tok = torch.searchsorted(cdf, u[:, None]).squeeze(-1).clamp(max=logits.shape[-1] - 1)
+        out[active[live], t] = tok[live]
+        done = live & torch.isin(tok, eos)
+        lengths[active[done]], finished[active[done]] = t + 1, True
+        live &= ~done
+        if not live.any() or t + 1 == max_new_tokens:
+            break
+        if 4 * (~live).sum() >= len(live):  # NOTE: compact when a quarter is done (a copy of the cache)
+            keep = live.nonzero().squeeze(-1)
+            active, tok, attn, next_pos, live = active[keep], tok[keep], attn[keep], next_pos[keep], live[keep]
+            cache.batch_select_indices(keep)
+        attn = torch.cat([attn, attn.new_ones(len(active), 1)], dim=1)
+        logits = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None],
+                       past_key_values=cache, use_cache=True).logits[:, -1].float()
+        next_pos = next_pos + 1
+    return out[:, : int(lengths.max())], lengths, finished
+
+
+def trim(ids, attn, P):
+    """Drop columns that are padding in every row (left of the longest prompt, right of the longest
+    response): (B, L) -> (B, P' + T'), and P'. Callers pad their (B, T') outputs back to T."""
+    p, end = int(attn[:, :P].sum(1).max()), P + int(attn[:, P:].sum(1).max())
+    return ids[:, P - p:end], attn[:, P - p:end], p
+
+
+def policy_logprobs(model, ids, attn, P, temperature, entropy=False):
+    """fp32 log-probs (B, T) of the response tokens ids[:, P:] (and their entropies (B, T))."""
+    T = ids.shape[1] - P
+    ids, attn, P = trim(ids, attn, P)
+    t = ids.shape[1] - P
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
+                   logits_to_keep=t + 1).logits[:, :-1].float()  # (B, t, V): predicts ids[:, P:]
+    logp_all = torch.log_softmax(logits / max(temperature, 1e-6), -1)  # the sampling distribution
+    logp = F.pad(logp_all.gather(-1, ids[:, P:, None]).squeeze(-1), (0, T - t))  # (B, T)
+    if not entropy:
+        return logp
+    return logp, F.pad(-(logp_all.exp() * logp_all).sum(-1), (0, T - t))
+
+
+def critic_values(critic, ids, attn, P):
+    """fp32 V(prompt + response[:t]) for every response token t, (B, T)."""
+    T = ids.shape[1] - P
+    ids, attn, P = trim(ids, attn, P)
+    v = critic(input_ids=ids, attention_mask=attn,
+               position_ids=(attn.cumsum(-1) - 1).clamp(min=0)).logits[:, P - 1:-1, 0].float()
+    return F.pad(v, (0, T - v.shape[1]))
+
+
+@torch.no_grad()
+def batched(fn, n, micro):
+    """torch.cat of fn(rows) over row slices of `micro`."""
+    return torch.cat([fn(slice(i, i + micro)) for i in range(0, n, micro)])
+
+
+def encode(tok, questions, device):
+    enc = tok([rewards.build_prompt(tok, q) for q in questions], return_tensors="pt", padding=True,
+              add_special_tokens=False)  # the chat template already holds any special tokens
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def decode(tok, responses, lengths):
+    ids = [r[:n].tolist() for r, n in zip(responses, lengths.tolist())]
+    return ids, [tok.decode(x, skip_special_tokens=True) for x in ids]
+
+
+# -----------------------------------------------------------------------------
+# stages
+
+def rollout(policy, ref, critic, tok, questions, cfg, rt, step):
+    """1. Sample this rank's rows and recompute old / reference log-probs and values."""
+    prompt_ids, prompt_mask = encode(tok, questions, rt.device)  # (B, P)
+    gen = torch.Generator(device=rt.device).manual_seed(cfg.seed * 1_000_003 + step)
+    rows = torch.arange(rt.B, device=rt.device) + rt.rank * rt.B  # global row indices
+    policy.eval(), critic.eval()
+    t0 = time.time()
+    with gathered(policy), rt.amp:
+        resp, lengths, finished = sample(policy, prompt_ids, prompt_mask, cfg.max_new_tokens, cfg.temperature,
+                                         rt.eos_ids, tok.pad_token_id, gen, rows, rt.n_rows)  # (B, T)
+    t1 = time.time()
+    T, P = resp.shape[1], prompt_ids.shape[1]
+    mask = torch.arange(T, device=rt.device)[None] < lengths[:, None]  # (B, T) response_mask, EOS included
+    ids, attn = torch.cat([prompt_ids, resp], 1), torch.cat([prompt_mask, mask.long()], 1)  # (B, L)
+    with rt.amp:
+        old_logp = batched(lambda s: policy_logprobs(policy, ids[s], attn[s], P, cfg.temperature), rt.B, rt.micro)
+        ref_logp = batched(lambda s: policy_logprobs(ref, ids[s], attn[s], P, cfg.temperature), rt.B, rt.micro)
+        values = batched(lambda s: critic_values(critic, ids[s], attn[s], P), rt.B, rt.micro) * mask
+    return SimpleNamespace(ids=ids, attn=attn, P=P, resp=resp, mask=mask, lengths=lengths, finished=finished,
+                           old_logp=old_logp, ref_logp=ref_logp, values=values,
+                           perf={"perf/generate_s": t1 - t0, "perf/forward_s": time.time() - t1})
+
+
+def score(rm, tok, batch, ro, cfg, step):
+    """2. Success on the last token and the learned term on step ends -> (B, T) score rewards."""
+    t0 = time.time()
+    resp_ids, texts = decode(tok, ro.resp, ro.lengths)
+    try:
+        ok = rewards.grade_batch(texts, [p["answer"] for p in batch], cfg.grade_workers)
+    except ValueError as e:  # a gold answer the grader cannot parse
+        raise RunError(f"step {step}, dataset {cfg.dataset!r}: {e}") from None
+    success = torch.tensor([float(o and f) for o, f in zip(ok, ro.finished.tolist())], device=ro.mask.device)
+    t1 = time.time()
+    if rm is None:
+        raw = torch.zeros(len(batch), 0, device=ro.mask.device)  # (B, K) with K = 0
+        end_idx, kmask, values = raw.long(), raw.bool(), raw
+    else:
+        raw, end_idx, kmask = (x.to(ro.mask.device) for x in
+                               rm.score_tokens([p["question"] for p in batch], tok, resp_ids))  # (B, K)
+        values = raw if cfg.reward == "orm" else rewards.transform_step_rewards(raw, kmask, cfg.reward, cfg.eta)
+        values = cfg.alpha * values * kmask
+    steps = [rewards.split_steps(x, rm.step_sep if rm else rewards.DEFAULT_STEP_SEP) for x in texts]
+    return SimpleNamespace(texts=texts, steps=steps, success=success, raw=raw, kmask=kmask, values=values,
+                           token=rewards.place_rewards(values, end_idx, kmask, success, ro.mask),
+                           perf={"perf/grade_s": t1 - t0, "perf/score_s": time.time() - t1})
+
+
+def ppo_update(models, optims, ro, adv, returns, cfg, rt, step):
+    """4. PPO epochs over minibatches. Returns global sums of the loss terms and diagnostics."""
+    policy, critic = models["policy"], models["critic"]
+    policy.train(), critic.train()
+    stats = torch.zeros(8, device=rt.device)  # pg, vf, clip, vclip, approx_kl, entropy, tokens, ratio
+    first_ratio = None
+    for epoch in range(cfg.ppo_epochs):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + epoch + 17)
+        mb_of_row = minibatch_ids(cfg.prompts_per_step, cfg.minibatches, cfg.samples_per_prompt, g)
+        mb_of_row = mb_of_row[rt.rank * rt.B:(rt.rank + 1) * rt.B]  # (B,)
+        for m in range(cfg.minibatches):
+            rows = (mb_of_row == m).nonzero().squeeze(-1).to(rt.device)  # (mb,)
+            n_tok = all_sum(ro.mask[rows].sum().float())  # valid tokens of the global minibatch
+            for i in range(0, len(rows), rt.micro):
+                r = rows[i:i + rt.micro]
+                with rt.amp:
+                    logp, ent = policy_logprobs(policy, ro.ids[r], ro.attn[r], ro.P, cfg.temperature, entropy=True)
+                    v = critic_values(critic, ro.ids[r], ro.attn[r], ro.P)
+                L = ppo_token_losses(logp, ro.old_logp[r], adv[r], v, ro.values[r], returns[r], ro.mask[r],
+                                     cfg.cliprange, cfg.cliprange_value)
+                # NOTE: gradients are averaged over ranks, so world / global count gives the exact
+                # token mean over the global minibatch, whatever the split into ranks and micro-batches
+                loss = (L["pg"].sum() + L["vf"].sum()) * rt.world / n_tok
+                check_finite("loss", loss.detach(), step)
+                loss.backward()
+                with torch.no_grad():
+                    stats += torch.stack([L["pg"].sum(), L["vf"].sum(), L["clip"].sum(), L["vclip"].sum(),
+                                          L["approx_kl"].sum(), (ent * ro.mask[r]).sum(),
+                                          ro.mask[r].sum().float(), L["ratio"].sum()])
+            if first_ratio is None:  # same weights as the rollout: 1 up to float noise
+                first_ratio = (all_sum(stats[7]) / all_sum(stats[6])).item()
+            for name in ("policy", "critic"):
+                if not cfg.fsdp and rt.world > 1:  # plain data parallel: average the gradients
+                    for p in models[name].parameters():
+                        if p.grad is not None:
+                            dist.all_reduce(p.grad)
+                            p.grad /= rt.world
+                if cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(models[name].parameters(), cfg.max_grad_norm)
+                optims[name].step()
+                optims[name].zero_grad(set_to_none=True)
+    return all_sum(stats), first_ratio
+
+
+@torch.no_grad()
+def greedy_accuracy(policy, tok, problems, cfg, rt):
+    """Greedy accuracy on `problems`, split over ranks; a truncated response is wrong."""
+    mine, correct = problems[rt.rank::rt.world], 0
+    policy.eval()
+    with gathered(policy), rt.amp:
+        for i in range(0, len(mine), rt.B):
+            chunk = mine[i:i + rt.B]
+            ids, mask = encode(tok, [p["question"] for p in chunk], rt.device)
+            resp, lengths, fin = sample(policy, ids, mask, cfg.max_new_tokens, 0.0, rt.eos_ids, tok.pad_token_id)
+            ok = rewards.grade_batch(decode(tok, resp, lengths)[1], [p["answer"] for p in chunk], cfg.grade_workers)
+            correct += sum(o and f for o, f in zip(ok, fin.tolist()))
+    s = all_sum(torch.tensor([float(correct), float(len(mine))]))
+    return (s[0] / s[1].clamp(min=1)).item()
+
+
+def step_metrics(step, ro, sc, token_rewards, kl, stats, first_ratio, cfg, rt):
+    """5. The metrics row of a step, averaged over the global batch (per response or per token)."""
+    n_steps = sum(len(s) for s in sc.steps)
+    r = all_sum(torch.tensor([float(x) for x in (
+        sc.success.sum(), sc.values.sum(), (-cfg.beta * kl).sum(), token_rewards.sum(), kl.sum(),
+        ro.lengths.sum(), n_steps, (~ro.finished).sum(), rt.B, sum(repeated_steps(s) for s in sc.steps))]))
+    n, tok_n = r[8], stats[6].clamp(min=1)
+    row = {"reward/success": r[0] / n, "reward/learned": r[1] / n, "reward/kl": r[2] / n, "reward/total": r[3] / n,
+           "policy/ref_kl": r[4] / n, "policy/loss": stats[0] / tok_n, "policy/clipfrac": stats[2] / tok_n,
+           "policy/approx_kl": stats[4] / tok_n, "policy/entropy": stats[5] / tok_n, "policy/first_ratio": first_ratio,
+           "value/loss": stats[1] / tok_n, "value/clipfrac": stats[3] / tok_n,
+           "rollout/response_tokens": r[5] / n, "rollout/steps_per_response": r[6] / n,
+           "rollout/repeated_step_fraction": r[9] / r[6].clamp(min=1), "rollout/truncated_fraction": r[7] / n,
+           "rollout/accuracy": r[0] / n}
+    return {"step": step, **{k: float(v) for k, v in row.items()}}
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: out_dir/ckpt/{policy,critic}/ (HF format), optimizers.pt, rng.pt, meta.json
+
+def full_state(model, optim):
+    """Full (unsharded) model and optimizer state dicts on CPU; collective under FSDP."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    o = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    sd = get_model_state_dict(model, options=o)
+    # NOTE: named_parameters() lists a tied weight once; the FSDP state dict would repeat lm_head
+    names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    return {k: v for k, v in sd.items() if k in names}, get_optimizer_state_dict(model, optim, options=o)
+
+
+def save_checkpoint(out_dir, models, optims, tok, cfg, step, metrics, master):
+    """Every rank gathers; rank 0 writes ckpt.tmp and swaps it in, so a crash mid-save leaves the
+    previous checkpoint intact."""
+    states = {name: full_state(models[name], optims[name]) for name in models}
+    if master:
+        tmp, final = os.path.join(out_dir, "ckpt.tmp"), os.path.join(out_dir, "ckpt")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for name, (sd, _) in states.items():
+            models[name].save_pretrained(os.path.join(tmp, name), state_dict=sd)
+            tok.save_pretrained(os.path.join(tmp, name))
+            path = os.path.join(tmp, name, "config.json")  # NOTE: FSDP2 renames the class FSDP<Name>
+            conf = json.load(open(path))
+            conf["architectures"] = [a.removeprefix("FSDP") for a in conf.get("architectures") or []]
+            json.dump(conf, open(path, "w"), indent=2)
+        torch.save({name: o for name, (_, o) in states.items()}, os.path.join(tmp, "optimizers.pt"))
+        torch.save(torch.get_rng_state(), os.path.join(tmp, "rng.pt"))
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump({"config": asdict(cfg), "step": step, "data_position": step * cfg.prompts_per_step,
+                       "metrics": metrics}, f, indent=2)
+        if os.path.exists(final):
+            os.replace(final, final + ".old")
+        os.replace(tmp, final)
+        shutil.rmtree(final + ".old", ignore_errors=True)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def load_optimizers(ckpt, models, optims, master):
+    """Rank 0 reads the full optimizer states and broadcasts them into the (sharded) optimizers."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    state = torch.load(os.path.join(ckpt, "optimizers.pt")) if master else None
+    o = StateDictOptions(full_state_dict=True, broadcast_from_rank0=dist.is_initialized())
+    for name in models:
+        set_optimizer_state_dict(models[name], optims[name], state[name] if master else {}, options=o)
+    torch.set_rng_state(torch.load(os.path.join(ckpt, "rng.pt")))
+
+
+# -----------------------------------------------------------------------------
+# main
+
+def main(argv=None):
+    cfg, given = parse_config(argv)
+    try:
+        train(cfg, given)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def setup(cfg, given):
+    """Resumed config, process group, device, per-rank sizes; the runtime namespace `rt`."""
+    ckpt, start = os.path.join(cfg.out_dir, "ckpt"), 0
+    if cfg.resume:
+        if not os.path.exists(ckpt) and os.path.exists(ckpt + ".old"):  # killed mid-swap
+            os.replace(ckpt + ".old", ckpt)
+        if not os.path.exists(os.path.join(ckpt, "meta.json")):
+            raise RunError(f"--resume: no checkpoint at {ckpt} (run without --resume first)")
+        meta = json.load(open(os.path.join(ckpt, "meta.json")))
+        cfg = Config(**{**meta["config"], **{k: getattr(cfg, k) for k in given}, "resume": True})
+        start = meta["step"]
+    if cfg.reward not in REWARD_MODES:
+        raise RunError(f"--reward {cfg.reward!r}: expected one of {', '.join(REWARD_MODES)}")
+    if "RANK" in os.environ:
+        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
+    elif cfg.fsdp:
+        raise RunError("--fsdp needs torchrun (e.g. torchrun --nproc_per_node=2 ppo.py --fsdp)")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    device = cfg.device if cfg.device != "auto" else (
+        f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    n_rows = cfg.prompts_per_step * cfg.samples_per_prompt
+    B = n_rows // world
+    if cfg.prompts_per_step % (world * cfg.minibatches) or (B // cfg.minibatches) % (cfg.micro_batch_size or 1):
+        raise RunError(f"sizes do not divide: prompts_per_step {cfg.prompts_per_step} by world size {world} x "
+                       f"minibatches {cfg.minibatches}, or rows per rank and minibatch {B // cfg.minibatches} "
+                       f"by micro_batch_size {cfg.micro_batch_size}")
+    rt = SimpleNamespace(rank=rank, world=world, master=rank == 0, device=device, bf16=bf16, n_rows=n_rows,
+                         B=B, micro=cfg.micro_batch_size or B // cfg.minibatches, ckpt=ckpt, start=start,
+                         amp=torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and not cfg.fsdp
+                         else contextlib.nullcontext())
+    rt.print0 = (lambda *a: tqdm.write(" ".join(map(str, a)))) if rt.master else (lambda *a: None)
+    rt.print0(f"device {device} x {world} ranks: " + ("bf16 compute (FSDP mixed precision or autocast), "
+              "fp32 weights, log-probs and losses" if bf16 else "fp32 (bf16 only on GPUs that support it)"))
+    rt.print0(f"sizes: {n_rows} rows/step ({cfg.prompts_per_step} prompts x {cfg.samples_per_prompt}); "
+              f"per rank {B} rows, minibatch {B // cfg.minibatches}, micro-batch {rt.micro}")
+    rt.print0("config: " + json.dumps(asdict(cfg)))
+    return cfg, rt
+
+
+def load_models(cfg, rt):
+    """Policy and critic (trained), reference and reward model (frozen), each sharded or moved to the
+    device right after loading (one full model in CPU memory at a time)."""
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+
+    def place(model, trained):
+        if trained and cfg.grad_ckpt:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return shard(model, rt.device, rt.bf16) if cfg.fsdp else model.to(rt.device)
+
+    hint = "train it with sft.py (see README) or pass --policy DIR_OR_HUB_ID"
+    init = os.path.join(rt.ckpt, "policy") if cfg.resume else cfg.policy
+    tok = load_hf(AutoTokenizer, init, "policy", hint)
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:  # NOTE: masks never come from ids == pad, so pad = EOS is safe
+        tok.pad_token = tok.eos_token
+    policy = no_dropout(load_hf(AutoModelForCausalLM, init, "policy", hint, dtype=torch.float32))
+    eos = policy.generation_config.eos_token_id
+    rt.eos_ids = {tok.eos_token_id} | set([eos] if isinstance(eos, int) else eos or [])
+    rt.print0(f"policy {cfg.policy}: {sum(p.numel() for p in policy.parameters()) / 1e6:.1f}M parameters")
+    policy = place(policy, True)
+    ref = place(load_hf(AutoModelForCausalLM, cfg.policy, "policy", hint, dtype=torch.bfloat16 if rt.bf16
+                        else torch.float32).eval().requires_grad_(False), False)
+    critic = no_dropout(load_hf(AutoModelForTokenClassification, os.path.join(rt.ckpt, "critic") if cfg.resume
+                                else cfg.critic or cfg.policy, "critic", "pass --critic DIR saved by ppo.py "
+                                "or leave it empty", num_labels=1, dtype=torch.float32))
+    if not cfg.resume and not cfg.critic:
+        critic.score.weight.data.zero_()  # V = 0 at the start: no random value noise
+        if critic.score.bias is not None:
+            critic.score.bias.data.zero_()
+    critic = place(critic, True)
+    rm = None
+    if cfg.reward != "success":
+        kind = "orm" if cfg.reward == "orm" else "prm"
+        path, rm_hint = getattr(cfg, kind), f"train it with prm_train.py (see README) or pass --{kind} DIR_OR_HUB_ID"
+        try:
+            rm = rewards.load_reward_model(model_source(path, kind.upper(), rm_hint), kind=kind,
+                                           step_tag=cfg.prm_step_tag or None, device=rt.device)
+        except (OSError, ValueError) as e:
+            raise RunError(f"cannot load {kind.upper()} from {path!r} ({str(e).splitlines()[0]}): {rm_hint}") from None
+    return tok, policy, ref, critic, rm
+
+
+def train(cfg, given):
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*returned a view tensor.*")  # FSDP2 + HF outputs: harmless
+    cfg, rt = setup(cfg, given)
+    print0, master, start = rt.print0, rt.master, rt.start
+    try:
+        problems = rewards.load_problems(cfg.dataset, "train")
+        eval_problems = rewards.load_problems(cfg.eval_dataset or cfg.dataset, "test",
+                                              limit=cfg.eval_limit) if cfg.eval_limit else []
+    except (FileNotFoundError, ValueError) as e:
+        raise RunError(str(e)) from None
+    print0(f"data: {len(problems)} train / {len(eval_problems)} eval problems; reward {cfg.reward}")
+    model_source(cfg.policy, "policy", "train it with sft.py (see README) or pass --policy DIR_OR_HUB_ID")
+    if cfg.reward != "success":  # fail fast, before loading anything
+        kind = "orm" if cfg.reward == "orm" else "prm"
+        model_source(getattr(cfg, kind), kind.upper(), f"train it with prm_train.py (see README) or pass --{kind} DIR")
+    torch.manual_seed(cfg.seed)
+    tok, policy, ref, critic, rm = load_models(cfg, rt)
+    models = {"policy": policy, "critic": critic}
+    optims = {"policy": torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0),
+              "critic": torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=0.0)}
+    if cfg.resume:
+        load_optimizers(rt.ckpt, models, optims, master)
+        print0(f"resumed from {rt.ckpt} at step {start}")
+
+    # logging: metrics.jsonl (trimmed to the checkpoint on resume), optional wandb
+    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    if master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        kept = [ln for ln in open(metrics_path) if ln.endswith("\n") and json.loads(ln)["step"] <= start] \
+            if cfg.resume and os.path.exists(metrics_path) else []
+        open(metrics_path, "w").writelines(kept)
+    wandb = None
+    if cfg.wandb and master:
+        import wandb
+        wandb.init(project=cfg.wandb, config=asdict(cfg), resume="allow")
+
+    def log(row):
+        if master:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if wandb:
+                wandb.log(row, step=row["step"])
+
+    def evaluate(step):
+        t0 = time.time()
+        acc = greedy_accuracy(policy, tok, eval_problems, cfg, rt)
+        print0(f"step {step}: eval/greedy_accuracy {acc:.4f} on {len(eval_problems)} test problems "
+               f"({time.time() - t0:.1f}s)")
+        return acc
+
+    if start == 0 and eval_problems:
+        log({"step": 0, "eval/greedy_accuracy": evaluate(0)})
+    p_local = cfg.prompts_per_step // rt.world
+    for step in tqdm(range(start + 1, cfg.steps + 1), disable=not master or not sys.stderr.isatty(), desc="ppo"):
+        t_step = time.time()
+        # 1. rollout: this rank's questions, samples_per_prompt rows each
+        idx = problem_indices(step - 1, cfg.prompts_per_step, len(problems), cfg.seed)
+        idx = idx[rt.rank * p_local:(rt.rank + 1) * p_local]
+        batch = [problems[i] for i in idx for _ in range(cfg.samples_per_prompt)]
+        ro = rollout(policy, ref, critic, tok, [p["question"] for p in batch], cfg, rt, step)
+
+        # 2. rewards: success + learned term (score rewards), then the KL penalty on every token
+        sc = score(rm, tok, batch, ro, cfg, step)
+        token_rewards, kl = kl_rewards(sc.token, ro.old_logp, ro.ref_logp, ro.mask, cfg.beta)  # (B, T)
+        check_finite("rewards", token_rewards, step)
+        check_finite("values", ro.values, step)
+
+        # 3. advantages: GAE, then whitening over the global batch
+        adv, returns = gae(token_rewards, ro.values, ro.mask, cfg.gamma, cfg.lam)  # (B, T)
+        adv = masked_whiten(adv, ro.mask, distributed=dist.is_initialized())
+        check_finite("advantages", adv, step)
+
+        # 4. PPO update
+        t0 = time.time()
+        stats, first_ratio = ppo_update(models, optims, ro, adv, returns, cfg, rt, step)
+        if abs(first_ratio - 1) > 1e-3:
+            print0(f"WARNING step {step}: first-minibatch ratio {first_ratio:.5f} != 1 "
+                   "(dropout on, or the rollout and training forwards differ)")
+        perf = {**ro.perf, **sc.perf, "perf/update_s": time.time() - t0}
+
+        # 5. log, evaluate, print samples, save
+        row = step_metrics(step, ro, sc, token_rewards, kl, stats, first_ratio, cfg, rt)
+        if eval_problems and (step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0)):
+            t0 = time.time()
+            row["eval/greedy_accuracy"] = evaluate(step)
+            perf["perf/eval_s"] = time.time() - t0
+        row.update(perf, **{"perf/step_s": time.time() - t_step})
+        log(row)
+        print0(f"step {step}/{cfg.steps} | success {row['reward/success']:.3f} learned {row['reward/learned']:+.3f} "
+               f"kl {row['policy/ref_kl']:.3f} | len {row['rollout/response_tokens']:.0f} steps "
+               f"{row['rollout/steps_per_response']:.1f} rep {row['rollout/repeated_step_fraction']:.2f} trunc "
+               f"{row['rollout/truncated_fraction']:.2f} | pg {row['policy/loss']:+.4f} vf {row['value/loss']:.4f} "
+               f"clip {row['policy/clipfrac']:.3f} ent {row['policy/entropy']:.3f} | {row['perf/step_s']:.1f}s")
+        if cfg.sample_every and step % cfg.sample_every == 0:
+            for b in range(min(2, rt.B)):
+                scores = " ".join(f"{x:.2f}" for x in sc.raw[b][sc.kmask[b]].tolist()) if rm else "-"
+                print0(f"--- sample | {batch[b]['question']} gold {batch[b]['answer']} | success "
+                       f"{sc.success[b].item():.0f} | {rm.kind if rm else 'rm'} scores [{scores}]\n{sc.texts[b]}")
+        if step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
+            save_checkpoint(cfg.out_dir, models, optims, tok, cfg, step, row, master)
+    print0(f"done: {cfg.steps} steps; checkpoint in {rt.ckpt}")
+
+
+if __name__ == "__main__":
+    main()
