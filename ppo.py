@@ -101,24 +101,25 @@ class Config:
     prm_step_tag: str = opt("", "reward-model step tag ('' = saved with our checkpoints; 'ки' Math-Shepherd)")
     dataset: str = opt("arith", "training questions: arith | gsm8k | math | a .jsonl path (train split)")
     eval_dataset: str = opt("", "greedy-eval set, test split ('' = --dataset)")
-    eval_limit: int = opt(200, "greedy eval on the first N test problems (0 = none)")
+    eval_limit: int = opt(500, "greedy eval on the first N test problems (0 = none)")
     # reward (SPEC §2)
     reward: str = opt("clip_delta", f"reward mode: {' | '.join(REWARD_MODES)}")
     alpha: float = opt(1.0, "weight of the learned reward term")
     eta: float = opt(0.5, "Clip threshold: min(r - eta, 0)")
     beta: float = opt(0.02, "KL penalty per token (k1, inside the reward)")
     # rollout
-    steps: int = opt(100, "PPO steps (rollout + update)")
-    prompts_per_step: int = opt(16, "questions per step, global (all ranks)")
-    samples_per_prompt: int = opt(4, "samples per question")
+    steps: int = opt(200, "PPO steps (rollout + update)")
+    prompts_per_step: int = opt(64, "questions per step, global (all ranks)")
+    samples_per_prompt: int = opt(1, "samples per question")
     temperature: float = opt(1.0, "sampling temperature (log-probs use the same one)")
     max_new_tokens: int = opt(160, "response length limit in tokens; reaching it = truncation")
     # PPO
     ppo_epochs: int = opt(2, "passes over the rollout batch")
     minibatches: int = opt(2, "optimizer steps per epoch (global minibatch = batch / minibatches)")
     micro_batch_size: int = opt(0, "rows per forward/backward per rank (0 = a whole minibatch)")
-    lr: float = opt(5e-5, "policy learning rate (AdamW, constant)")
+    lr: float = opt(3e-5, "policy learning rate (AdamW)")
     critic_lr: float = opt(1e-3, "critic learning rate")
+    anneal_lr: bool = opt(True, "decay both learning rates linearly to 0 at the last step (cleanrl)")
     gamma: float = opt(1.0, "discount (1.0 keeps Delta's telescoping exact)")
     lam: float = opt(1.0, "GAE lambda")
     cliprange: float = opt(0.2, "policy ratio clip")
@@ -132,9 +133,9 @@ class Config:
     grade_workers: int = opt(1, "grading processes (1 = serial; MATH: the CPU count)")
     out_dir: str = opt("out/ppo", "metrics.jsonl and ckpt/ go here")
     resume: bool = opt(False, "continue from out_dir/ckpt (flags given now override the saved ones)")
-    eval_every: int = opt(25, "steps between greedy evals (0 = start and end only)")
-    save_every: int = opt(25, "steps between checkpoints (0 = end only)")
-    sample_every: int = opt(25, "steps between printed samples (0 = never)")
+    eval_every: int = opt(50, "steps between greedy evals (0 = start and end only)")
+    save_every: int = opt(50, "steps between checkpoints (0 = end only)")
+    sample_every: int = opt(50, "steps between printed samples (0 = never)")
     wandb: str = opt("", "wandb project ('' = off)")
 
 
@@ -456,6 +457,9 @@ def ppo_update(models, optims, ro, adv, returns, cfg, rt, step):
     """4. PPO epochs over minibatches. Returns global sums of the loss terms and diagnostics."""
     policy, critic = models["policy"], models["critic"]
     policy.train(), critic.train()
+    for name, lr in (("policy", cfg.lr), ("critic", cfg.critic_lr)):
+        for group in optims[name].param_groups:  # a function of the step alone (resume-safe)
+            group["lr"] = lr * (1 - (step - 1) / cfg.steps if cfg.anneal_lr else 1.0)
     stats = torch.zeros(8, device=rt.device)  # pg, vf, clip, vclip, approx_kl, entropy, tokens, ratio
     first_ratio = None
     for epoch in range(cfg.ppo_epochs):

@@ -321,6 +321,11 @@ def test_missing_paths_give_one_clear_error(tiny_model_dir, tmp_path, capsys):
     bad.write_text('{"question": "Compute 1 + 1.", "answer": "2"}\n{"question": "Compute 2 + 2."}\n')
     err = fail(base + ["--policy", tiny_model_dir, "--reward", "success", "--dataset", str(bad)], capsys)
     assert "bad.jsonl" in err and "row 2" in err
+    ungradable = tmp_path / "ungradable.jsonl"
+    ungradable.write_text("".join('{"question": "Compute 1 + 1.", "answer": "\\\\frac{"}\n' for _ in range(8)))
+    err = fail(base + ["--policy", tiny_model_dir, "--reward", "success", "--dataset", str(ungradable),
+                       "--eval-limit", "0"], capsys)
+    assert "step 1" in err and "frac{" in err
     err = fail(base + ["--policy", tiny_model_dir, "--reward", "prmm"], capsys)
     assert "prmm" in err
     err = fail(base + ["--policy", tiny_model_dir, "--resume"], capsys)
