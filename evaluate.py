@@ -551,9 +551,9 @@ def main(argv=None):
         raise SystemExit(f"evaluate.py: {e}")
     if not problems:
         raise SystemExit(f"evaluate.py: no problems in {cfg.dataset!r} (split {cfg.split})")
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoModelForCausalLM, GenerationConfig
     try:
-        tok = AutoTokenizer.from_pretrained(cfg.policy)
+        tok = rewards.load_tokenizer(cfg.policy)
         model = AutoModelForCausalLM.from_pretrained(cfg.policy, dtype=dtype).to(device).eval()
     except (OSError, ValueError) as e:  # ValueError: not a directory and not a valid hub id
         raise SystemExit(f"evaluate.py: cannot load the policy {cfg.policy!r} (a checkpoint "

@@ -51,7 +51,8 @@ Decisions (not in the paper)
 Commands
   CPU, the arith world with the shipped checkpoints (about 5 min on 2 cores):
       python ppo.py
-      python ppo.py --reward prm --out-dir out/ppo-prm                     # the hacking setting
+      python ppo.py --policy models/arith-policy-verbose --reward prm --steps 40 \
+          --prompts-per-step 8 --samples-per-prompt 8 --lam 0.95 --no-anneal-lr   # PRM hacking (README)
       torchrun --nproc_per_node=2 ppo.py --fsdp --steps 4 --out-dir out/ppo-fsdp
   One GPU, Qwen2.5-Math-1.5B-Instruct on MATH with a Math-Shepherd PRM:
       python ppo.py --policy Qwen/Qwen2.5-Math-1.5B-Instruct --dataset math \\
@@ -64,7 +65,8 @@ Commands
       torchrun --nproc_per_node=8 ppo.py --fsdp --policy Qwen/Qwen2.5-Math-7B-Instruct --prompts-per-step 128 ...
 
 Expected: the default CPU run ends with a greedy arith test accuracy above the starting policy's
-(README); with --reward prm, response length and steps per response grow (reward hacking).
+(README). From the verbose start (models/arith-policy-verbose) with --reward prm, response length
+and steps per response grow and accuracy collapses (reward hacking); --reward clip_delta keeps both.
 
 Shapes: B rows (responses) on this rank, P prompt tokens (left-padded), T response tokens
 (right-padded), L = P + T, K steps, V vocabulary.
@@ -269,9 +271,10 @@ def model_source(path, what, hint):
     return os.path.expanduser(path)
 
 
-def load_hf(cls, path, what, hint, **kw):
+def load_hf(load, path, what, hint, **kw):
+    """load(path, **kw) (a from_pretrained) with a one-line RunError naming the path on failure."""
     try:
-        return cls.from_pretrained(model_source(path, what, hint), **kw)
+        return load(model_source(path, what, hint), **kw)
     except (OSError, ValueError) as e:
         raise RunError(f"cannot load {what} from {path!r} ({str(e).splitlines()[0]}): {hint}") from None
 
@@ -649,7 +652,9 @@ def setup(cfg, given):
 def load_models(cfg, rt):
     """Policy and critic (trained), reference and reward model (frozen), each sharded or moved to the
     device right after loading (one full model in CPU memory at a time)."""
-    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+
+    causal_lm, token_classifier = AutoModelForCausalLM.from_pretrained, AutoModelForTokenClassification.from_pretrained
 
     def place(model, trained):
         if trained and cfg.grad_ckpt:
@@ -658,18 +663,18 @@ def load_models(cfg, rt):
 
     hint = "train it with sft.py (see README) or pass --policy DIR_OR_HUB_ID"
     init = os.path.join(rt.ckpt, "policy") if cfg.resume else cfg.policy
-    tok = load_hf(AutoTokenizer, init, "policy", hint)
+    tok = load_hf(rewards.load_tokenizer, init, "policy", hint)
     tok.padding_side = "left"
     if tok.pad_token_id is None:  # NOTE: masks never come from ids == pad, so pad = EOS is safe
         tok.pad_token = tok.eos_token
-    policy = no_dropout(load_hf(AutoModelForCausalLM, init, "policy", hint, dtype=torch.float32))
+    policy = no_dropout(load_hf(causal_lm, init, "policy", hint, dtype=torch.float32))
     eos = policy.generation_config.eos_token_id
     rt.eos_ids = {tok.eos_token_id} | set([eos] if isinstance(eos, int) else eos or [])
     rt.print0(f"policy {cfg.policy}: {sum(p.numel() for p in policy.parameters()) / 1e6:.1f}M parameters")
     policy = place(policy, True)
-    ref = place(load_hf(AutoModelForCausalLM, cfg.policy, "policy", hint, dtype=torch.bfloat16 if rt.bf16
+    ref = place(load_hf(causal_lm, cfg.policy, "policy", hint, dtype=torch.bfloat16 if rt.bf16
                         else torch.float32).eval().requires_grad_(False), False)
-    critic = no_dropout(load_hf(AutoModelForTokenClassification, os.path.join(rt.ckpt, "critic") if cfg.resume
+    critic = no_dropout(load_hf(token_classifier, os.path.join(rt.ckpt, "critic") if cfg.resume
                                 else cfg.critic or cfg.policy, "critic", "pass --critic DIR saved by ppo.py "
                                 "or leave it empty", num_labels=1, dtype=torch.float32))
     if not cfg.resume and not cfg.critic:

@@ -601,9 +601,9 @@ def evaluate_rm(rm, records, batch_size=64):
 # main
 
 def load_causal_lm(path, device):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = rewards.load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     if tokenizer.pad_token_id is None:  # NOTE: masks never come from ids == pad, so pad = eos is safe
         tokenizer.pad_token = tokenizer.eos_token

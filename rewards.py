@@ -93,6 +93,25 @@ def load_problems(name_or_path, split="test", limit=None):
     return out
 
 
+def load_tokenizer(path, **kw):
+    """AutoTokenizer.from_pretrained(path), but a tokenizer saved as TokenizersBackend stays one.
+
+    NOTE: transformers 5 swaps the saved tokenizer class for the model type's own for some model
+    types (qwen2 -> Qwen2Tokenizer). With our character vocabulary that tokenizer's byte-level
+    pre-tokenizer drops every space and newline, so a --arch qwen2 arith checkpoint would read
+    "Q:1+2A:". Hub tokenizers (no local tokenizer_config.json) load unchanged.
+    """
+    from transformers import AutoTokenizer, TokenizersBackend
+
+    tok = AutoTokenizer.from_pretrained(path, **kw)
+    cfg_file = os.path.join(str(path), "tokenizer_config.json")
+    if type(tok) is TokenizersBackend or not os.path.isfile(cfg_file):
+        return tok
+    with open(cfg_file) as f:
+        saved = json.load(f).get("tokenizer_class")
+    return TokenizersBackend.from_pretrained(path, **kw) if saved == "TokenizersBackend" else tok
+
+
 def build_prompt(tokenizer, question):
     """The prompt text for a question: the tokenizer's chat template with a generation prompt.
 
@@ -983,7 +1002,7 @@ def load_reward_model(path, kind="prm", step_tag=None, pos_token="+", neg_token=
     else "math-shepherd" when the tag is "ки", "qwen-prm" for a 2-class head, else "chat".
     dtype=None: float32 on CPU, bfloat16 on CUDA with bf16 support. Frozen: eval(), no grads.
     """
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     if kind not in ("prm", "orm"):
         raise ValueError(f"kind must be 'prm' or 'orm', got {kind!r}")
@@ -1010,7 +1029,7 @@ def load_reward_model(path, kind="prm", step_tag=None, pos_token="+", neg_token=
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_tokenizer(path)
     if two_class:
         model = AutoModel.from_pretrained(path, config=config, dtype=dtype)
         head = _load_two_class_head(path, config).to(device=device, dtype=dtype).eval().requires_grad_(False)

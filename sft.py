@@ -199,14 +199,14 @@ def build_scratch_model(cfg, tokenizer):
 
 
 def load_model_and_tokenizer(cfg, device):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if cfg.init == "scratch":
-        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+        tokenizer = rewards.load_tokenizer(cfg.tokenizer)
         torch.manual_seed(cfg.seed)  # identical init on every rank
         model = build_scratch_model(cfg, tokenizer)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.init)
+        tokenizer = rewards.load_tokenizer(cfg.init)
         model = AutoModelForCausalLM.from_pretrained(cfg.init, dtype=torch.float32)
     if tokenizer.pad_token_id is None:  # NOTE: masks never come from ids == pad, so pad = eos is safe
         tokenizer.pad_token = tokenizer.eos_token

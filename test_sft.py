@@ -143,6 +143,18 @@ def test_scratch_qwen2_builds_and_runs(tok):
     assert torch.isfinite(sft.sum_token_nll(model(input_ids=input_ids, attention_mask=attn).logits, labels))
 
 
+def test_qwen2_checkpoint_reloads_the_char_tokenizer_unchanged(tok, tmp_path):
+    """transformers 5 would reload a qwen2 checkpoint's tokenizer as Qwen2Tokenizer, which drops the
+    spaces of our char vocabulary; rewards.load_tokenizer (used by every stage) keeps it as saved."""
+    cfg = sft.Config(arch="qwen2", n_layer=1, n_embd=32, n_head=2, n_inner=64)
+    sft.build_scratch_model(cfg, tok).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    text = "Q: Compute 12 + 3.\nA: 12 + 3 = 15\n\nThe answer is \\boxed{15}."
+    tk = rewards.load_tokenizer(str(tmp_path))
+    ids = tk(text, add_special_tokens=False)["input_ids"]
+    assert ids == tok(text, add_special_tokens=False)["input_ids"] and tk.decode(ids) == text
+
+
 def test_sft_fine_tunes_a_pretrained_path_and_is_deterministic(tiny_model_dir, tmp_path):
     """--init <path>: the same seed gives bit-identical weights (CPU)."""
     from safetensors.torch import load_file
