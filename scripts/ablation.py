@@ -9,8 +9,8 @@ paper's shape, training curves and decoded samples. One command reproduces all o
     python scripts/ablation.py --stages table,plot  # redraw from what is on disk
 
 Algorithm (the numbers match comments in the code)
-  0. (stage `verbose`, the investigation only) build the verbose starting policy, see
-     make_verbose_policy, -> OUT_DIR/verbose2_policy.
+  0. (stage `verbose`, not in the default stages) rebuild the verbose starting policy, see
+     make_verbose_policy, -> OUT_DIR/verbose_policy. models/arith-policy-verbose is a copy of it.
   1. Runs: for every (seed, mode) a `ppo.py` subprocess with the shared PPO flags (PPO_FLAGS below
      plus --steps/--seed/--reward), OMP_NUM_THREADS=1 each, `jobs` at a time; stdout to
      OUT_DIR/<mode>_s<seed>.log, run dir OUT_DIR/<mode>_s<seed>/ (metrics.jsonl, ckpt/policy). A
@@ -29,14 +29,15 @@ Algorithm (the numbers match comments in the code)
      (+ evaluate.py --plot on the seed-0 runs -> RESULTS_DIR/ablation_curves_seed0.png); decoded
      greedy samples of the prm policy next to the clip_delta one -> RESULTS_DIR/ablation_samples.md.
 
-Commands (what produced results/ablation*.md; 2 CPU cores shared with other jobs, ~3-7 min per run)
-  Main table, shipped policy (all 6 modes seed 0, success seeds 0-2):
-      python scripts/ablation.py --seeds 0,1,2 --stages train,eval,bon,table,plot   # runs what is missing
-  Investigation, "verbose" starting policy (see make_verbose_policy; seeds 0-2 where finished):
+Commands (what produced results/; see the README for hardware and wall-clock)
+  Headline table, verbose start, 6 modes x 3 seeds, all 500 test problems, best-of-8:
+      python scripts/ablation.py
+  Eta sweep for clip and clip_delta on seed 0 (adds 6 runs; finished runs are skipped):
+      python scripts/ablation.py --eta-sweep 0.3,0.5,0.7,0.9
+  The same from the shipped policy (results/ablation_shipped*):
+      python scripts/ablation.py --policy models/arith-policy --out-dir out/ablation_shipped --tag ablation_shipped
+  Rebuild the verbose start from models/arith-policy (5 min):
       python scripts/ablation.py --stages verbose
-      python scripts/ablation.py --policy out/ablation/verbose2_policy --out-dir out/ablation_verbose \
-          --tag ablation_verbose --stages train,eval,table,plot
-  Eta sweep (not run yet): add --eta-sweep 0.3,0.5,0.7,0.9.
 
 NOTE: std is the sample std (ddof = 1) over seeds; with one seed only the value is shown.
 NOTE: runs with the same seed see the same prompts in the same order, so the seed-0 rollout-length
@@ -79,10 +80,10 @@ class Config:
     train_eval_every: int = 10  # ppo.py --eval-every (greedy eval curve)
     train_eval_limit: int = 100  # ppo.py --eval-limit
     eta_sweep: str = ""  # e.g. "0.3,0.5,0.7,0.9": clip and clip_delta, first seed ('' = off)
-    eval_limit: int = 200  # evaluate.py --limit: the first N arith test problems (0 = all 500)
+    eval_limit: int = 0  # evaluate.py --limit: the first N arith test problems (0 = all 500)
     eval_samples: int = 4  # evaluate.py --samples for each trained policy
     bon_n: int = 8  # best-of-N samples on the starting policy
-    policy: str = "models/arith-policy"
+    policy: str = "models/arith-policy-verbose"  # the starting policy (see make_verbose_policy)
     prm: str = "models/arith-prm"
     orm: str = "models/arith-orm"
     jobs: int = 2  # concurrent subprocesses (each OMP_NUM_THREADS=1)
@@ -109,7 +110,7 @@ def ppo_flags(cfg: Config) -> list[str]:
         "--beta", str(cfg.beta), "--alpha", str(cfg.alpha), "--max-new-tokens", str(cfg.max_new_tokens),
         "--ppo-epochs", "2", "--minibatches", "2", "--temperature", "1.0", "--gamma", "1.0",
         "--eval-every", str(cfg.train_eval_every), "--eval-limit", str(cfg.train_eval_limit),
-        "--save-every", "0", "--sample-every", "0",
+        "--save-every", "0", "--sample-every", "0", "--no-anneal-lr",  # constant lr, as in the paper
     ]
 
 
@@ -334,10 +335,10 @@ def make_verbose_policy(cfg: Config):
     #    probability ~1e-6 on anything but EOS after its answer line, so PPO can never sample a
     #    longer solution and no reward can make it longer; this policy makes extra steps explorable.
     import random
-    out = os.path.join(ROOT, cfg.out_dir, "verbose2_policy")
+    out = os.path.join(ROOT, cfg.out_dir, "verbose_policy")
     if os.path.exists(os.path.join(out, "model.safetensors")):
         return
-    data = os.path.join(ROOT, cfg.out_dir, "verbose2", "train.jsonl")
+    data = os.path.join(ROOT, cfg.out_dir, "verbose_data", "train.jsonl")
     os.makedirs(os.path.dirname(data), exist_ok=True)
     rng = random.Random(0)
     with open(os.path.join(ROOT, "data", "arith", "train.jsonl")) as fin, open(data, "w") as fout:
