@@ -36,7 +36,7 @@ Commands (what produced results/; see the README for hardware and wall-clock)
       python scripts/ablation.py --eta-sweep 0.3,0.5,0.7,0.9
   The same from the shipped policy (results/ablation_shipped*):
       python scripts/ablation.py --policy models/arith-policy --out-dir out/ablation_shipped --tag ablation_shipped
-  Rebuild the verbose start from models/arith-policy (5 min):
+  Rebuild the verbose start from models/arith-policy (2 min, byte-identical to the shipped one):
       python scripts/ablation.py --stages verbose
 
 NOTE: std is the sample std (ddof = 1) over seeds; with one seed only the value is shown.
