@@ -103,13 +103,12 @@ def load_tokenizer(path, **kw):
     """
     from transformers import AutoTokenizer, TokenizersBackend
 
-    tok = AutoTokenizer.from_pretrained(path, **kw)
     cfg_file = os.path.join(str(path), "tokenizer_config.json")
-    if type(tok) is TokenizersBackend or not os.path.isfile(cfg_file):
-        return tok
-    with open(cfg_file) as f:
-        saved = json.load(f).get("tokenizer_class")
-    return TokenizersBackend.from_pretrained(path, **kw) if saved == "TokenizersBackend" else tok
+    saved = None
+    if os.path.isfile(cfg_file):
+        with open(cfg_file) as f:
+            saved = json.load(f).get("tokenizer_class")
+    return (TokenizersBackend if saved == "TokenizersBackend" else AutoTokenizer).from_pretrained(path, **kw)
 
 
 def build_prompt(tokenizer, question):
