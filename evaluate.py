@@ -337,6 +337,19 @@ def measure(response, truncated, n_tokens):
     return rec
 
 
+def response_records(jobs, gen, problems, tok):
+    """One ungraded record per generated sequence: jobs[i] = (problem index, kind, sample index),
+    gen[i] = (token ids, truncated) from generate. response_tokens counts the EOS of a finished
+    response (the response_mask convention) and is max_new_tokens for a truncated one."""
+    records = []
+    for (i, kind, j), (toks, truncated) in zip(jobs, gen):
+        rec = {"problem": i, "kind": kind, "sample": j, "question": problems[i]["question"],
+               "gold": problems[i]["answer"]}
+        rec.update(measure(tok.decode(toks, skip_special_tokens=True), truncated, len(toks)))
+        records.append(rec)
+    return records
+
+
 def grade(records, processes=1, chunk=512, disable=False):
     """Set rec["correct"] on every record (step 3), with rewards.grade_batch in chunks.
 
@@ -592,12 +605,7 @@ def main(argv=None):
         torch.cuda.empty_cache()
 
     # 3.-4. diagnostics and grading
-    records = []
-    for (i, kind, j), (toks, truncated) in zip(jobs, gen):
-        rec = {"problem": i, "kind": kind, "sample": j, "question": problems[i]["question"],
-               "gold": problems[i]["answer"]}
-        rec.update(measure(tok.decode(toks, skip_special_tokens=True), truncated, len(toks)))
-        records.append(rec)
+    records = response_records(jobs, gen, problems, tok)
     grade(records, cfg.grade_processes, disable=not master)
 
     # 5. reward models: every response scored (best-of-N uses the samples)

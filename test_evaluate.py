@@ -163,6 +163,53 @@ def test_left_padded_batch_gives_the_same_greedy_responses(tiny_model_dir):
     assert all(len(t) <= 8 and (trunc == (len(t) == 8 and tok.eos_token_id not in t)) for t, trunc in batched)
 
 
+class ScriptedLM(torch.nn.Module):
+    """A stand-in policy whose generate() appends a fixed continuation per prompt (keyed by the
+    unpadded prompt ids), cut at max_new_tokens and right-padded with pad_id as Hugging Face does."""
+
+    def __init__(self, script):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))  # generate() reads the device from a parameter
+        self.script = script
+
+    def generate(self, input_ids, attention_mask, generation_config):
+        T, pad = generation_config.max_new_tokens, generation_config.pad_token_id
+        conts = [self.script[tuple(r[m.bool()].tolist())][:T] for r, m in zip(input_ids, attention_mask)]
+        L = max(map(len, conts))
+        return torch.cat([input_ids, torch.tensor([c + [pad] * (L - len(c)) for c in conts])], 1)
+
+
+@pytest.mark.parametrize("pad_is_eos", [False, True])
+def test_response_tokens_count_eos_when_finished_not_when_truncated(pad_is_eos):
+    """response_tokens follows the response_mask convention (True on every generated token,
+    EOS included): a finished response counts its EOS, a truncated one has no EOS to count."""
+    from transformers import AutoTokenizer
+
+    from conftest import ARITH_TOKENIZER
+
+    tok = AutoTokenizer.from_pretrained(ARITH_TOKENIZER)  # one token per character
+    eos, budget = tok.eos_token_id, 20
+    pad = eos if pad_is_eos else tok.pad_token_id
+    enc = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
+    cases = [  # (question, continuation the model emits, hand count, truncated)
+        ("Compute 1 + 2.", "\\boxed{3}", 9 + 1, False),  # 9 chars + EOS
+        ("Compute 7 - 4.", "7 - 4 = 3\n\n\\boxed{3", 19 + 1, False),  # EOS is the 20th (last allowed) token
+        ("Compute 13 - 4 + 88.", "13 - 4 = 9\n\n9 + 88 = 97", 20, True),  # 24 chars: cut at 20, no EOS
+        ("Compute 5 - 6.", "5 - 6 = -1\n\n\\boxed{-1}", 20, True),  # 22 chars, EOS token 23: cut at 20
+    ]
+    prompts = [enc(rewards.build_prompt(tok, q)) for q, *_ in cases]
+    script = {tuple(p): enc(c) + [eos] for p, (_, c, *_) in zip(prompts, cases)}
+    gen = ev.generate(ScriptedLM(script), prompts, do_sample=False, temperature=1.0, top_p=1.0,
+                      max_new_tokens=budget, batch_size=4, pad_id=pad, eos_ids={eos})
+    problems = [{"question": q, "answer": "3"} for q, *_ in cases]
+    recs = ev.response_records([(i, "greedy", 0) for i in range(len(cases))], gen, problems, tok)
+    assert [r["response_tokens"] for r in recs] == [n for *_, n, _ in cases]
+    assert [r["truncated"] for r in recs] == [t for *_, t in cases]
+    assert [r["response"] for r in recs] == ["\\boxed{3}", "7 - 4 = 3\n\n\\boxed{3",
+                                             "13 - 4 = 9\n\n9 + 88 =", "5 - 6 = -1\n\n\\boxed{-"]
+    assert ev.diagnostics(recs)["mean_response_tokens"] == pytest.approx((10 + 20 + 20 + 20) / 4)
+
+
 # -----------------------------------------------------------------------------
 # Subprocess smoke runs and bad input
 

@@ -1,6 +1,7 @@
 """Tests for reward-model scoring (rewards.py §5) and prm_train.py. Tiny local models, no downloads."""
 
 import json
+import math
 import os
 import random
 import subprocess
@@ -117,6 +118,27 @@ def test_mc_labels_matches_naive_loop():
             rollouts = [1] * h + [0] * (n - h) + ([correct] if self_ else [])
             ref.append(sum(rollouts) / len(rollouts))
         assert prm_train.mc_labels(hits, n, correct, self_) == pytest.approx(ref + [float(correct)])
+
+
+def test_hard_label_is_any_hit_soft_label_is_the_fraction(tiny_model_dir, rm):
+    """Math-Shepherd: a step whose completions reach the gold 1 time in 4 has soft label 1/4 and
+    hard label 1 ("some completion reaches the gold", not a 0.5 threshold)."""
+    from transformers import AutoTokenizer
+
+    # hand values: hits [1, 0, 4, 2] of N = 4 completions, an incorrect solution (last step 0)
+    assert prm_train.mc_labels([1, 0, 4, 2], 4, 0, False) == pytest.approx([0.25, 0.0, 1.0, 0.5, 0.0])
+    assert prm_train.mc_labels([1], 4, 0, True) == pytest.approx([0.2, 0.0])  # (1 + 0) / (4 + 1)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tag_id = rewards.resolve_rm_tokens(tok, TAG, "+", "-")[0]
+    rec = {"question": "Compute 1 + 1.", "steps": ["1 + 1 = 2", "2 + 0 = 2", "2 - 1 = 1", "The answer is \\boxed{1}."],
+           "labels": [0.25, 0.0, 0.5, 0.0], "correct": 0}
+    cfg = prm_train.Config()
+    (hard,), _ = prm_train.build_examples(tok, [rec], "prm", tag_id, False, cfg)
+    (soft,), _ = prm_train.build_examples(tok, [rec], "prm", tag_id, True, cfg)
+    assert hard[2] == [1.0, 0.0, 1.0, 0.0]
+    assert soft[2] == pytest.approx([0.25, 0.0, 0.5, 0.0])
+    res = prm_train.evaluate_rm(rm, [rec])  # held-out accuracy / AUC are against the same hard labels
+    assert res["eval/n_steps"] == 4 and res["eval/pos_frac"] == 0.5
 
 
 def test_input_formats():
@@ -344,6 +366,42 @@ def test_correct_solutions_skip_rollouts_with_exact_hard_labels(memo_policy):
             assert r["labels"] == [1.0] * len(r["steps"])
 
 
+@pytest.mark.parametrize("sep", ["\n\n", "\n"])
+def test_mc_prefix_is_prompt_steps_and_separator(sep, monkeypatch):
+    """The sampler gets prompt + steps 1..k joined by the separator + the separator (step 1b), with
+    the budget left after the prefix; a step's label counts the finished completions that reach
+    the gold (a truncated one with the right answer does not)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ARITH_TOKENIZER)
+    solution = f"1 + 1 = 2{sep}2 + 1 = 4{sep}The answer is \\boxed{{4}}."  # wrong: the gold is 3
+    hit, miss = "The answer is \\boxed{3}.", "The answer is \\boxed{4}."
+    calls = []
+
+    def scripted(model, tokenizer, texts, n, budgets, temperature, top_p):
+        calls.append((list(texts), n, list(budgets)))
+        if len(calls) == 1:  # 1a: the solution
+            out = [(tokenizer(solution, add_special_tokens=False)["input_ids"], True)] * (len(texts) * n)
+        else:  # 1c: per prefix one hit, one truncated hit, two misses
+            out = [(tokenizer(t, add_special_tokens=False)["input_ids"], fin)
+                   for _ in texts for t, fin in ((hit, True), (hit, False), (miss, True), (miss, True))]
+        return out, sum(len(ids) + fin for ids, fin in out)
+
+    monkeypatch.setattr(prm_train, "sample_continuations", scripted)
+    problems = [{"question": "Compute 1 + 1 + 1.", "answer": "3"}]
+    recs, _ = prm_train.label_problems(None, tok, problems, samples_per_problem=1, completions=4,
+                                       temperature=1.0, top_p=1.0, max_new_tokens=60, gen_batch=256,
+                                       step_sep=sep, include_self=False)
+    assert len(calls) == 2 and calls[1][1] == 4
+    prompt = "Q: Compute 1 + 1 + 1.\nA: "
+    expected = {prompt + "1 + 1 = 2" + sep: 60 - len("1 + 1 = 2" + sep),  # char tokenizer: 1 token a char
+                prompt + "1 + 1 = 2" + sep + "2 + 1 = 4" + sep: 60 - len("1 + 1 = 2" + sep + "2 + 1 = 4" + sep)}
+    assert dict(zip(calls[1][0], calls[1][2])) == expected
+    (r,) = recs
+    assert r["steps"] == ["1 + 1 = 2", "2 + 1 = 4", "The answer is \\boxed{4}."] and r["correct"] == 0
+    assert r["labels"] == pytest.approx([0.25, 0.25, 0.0])
+
+
 def test_grow_layers_is_function_preserving(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -446,3 +504,44 @@ def test_a_few_training_steps_learn_step_labels(tiny_model_dir):
     rm = rewards.RewardModel(model.eval(), tok, "prm", TAG, "+", "-", "chat", "\n\n", "cpu")
     res = prm_train.evaluate_rm(rm, recs)
     assert res["eval/step_auc"] > 0.9 and res["eval/step_acc"] > 0.8
+
+
+def _bce(m, y):
+    """Binary cross-entropy of one logit m against a (soft) target y, by hand."""
+    p = 1.0 / (1.0 + math.exp(-m))
+    return -(y * math.log(p) + (1.0 - y) * math.log(1.0 - p))
+
+
+def test_bce_sum_ignores_padded_tags():
+    """Ragged rows (4, 1, 2 real tags of K = 4), soft targets, garbage at the padded tags."""
+    torch.manual_seed(0)
+    lengths = [4, 1, 2]
+    margins = 3 * torch.randn(3, 4)
+    targets = torch.rand(3, 4)  # padded entries too: they must not matter
+    mask = torch.tensor([[k < n for k in range(4)] for n in lengths])
+    ref = sum(_bce(margins[b, k].item(), targets[b, k].item()) for b, n in enumerate(lengths) for k in range(n))
+    assert prm_train.bce_sum(margins, targets, mask).item() == pytest.approx(ref, rel=1e-5)
+
+
+def test_training_loss_over_ragged_batch_matches_per_row_loop(tiny_model_dir):
+    """build_examples -> collate -> TagScorer -> bce_sum on rows with 3, 1 and 2 steps and soft
+    labels equals a loop over the rows alone (one unpadded forward each, their own tags only)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tag_id, pos_id, neg_id = rewards.resolve_rm_tokens(tok, TAG, "+", "-")
+    recs = [{"question": QS[0], "steps": rewards.split_steps(RS[0]), "labels": [0.75, 0.125, 0.0], "correct": 0},
+            {"question": QS[1], "steps": ["The answer is \\boxed{-2}."], "labels": [0.875], "correct": 1},
+            {"question": QS[2], "steps": ["1 + 1 = 2", "The answer is \\boxed{2}."], "labels": [0.5, 0.375], "correct": 0}]
+    examples, _ = prm_train.build_examples(tok, recs, "prm", tag_id, True, prm_train.Config())
+    ids, attn, pos, tgt, tmask = prm_train.collate(examples, tok.pad_token_id)
+    assert tmask.sum().item() == 6 and ids.shape[0] == 3
+    with torch.no_grad():
+        got = prm_train.bce_sum(prm_train.TagScorer(model, (pos_id, neg_id))(ids, attn, pos), tgt, tmask).item()
+        ref = 0.0
+        for (row_ids, row_pos, _), r in zip(examples, recs):
+            logits = model(torch.tensor([row_ids])).logits[0].double()  # (L, V)
+            for p, y in zip(row_pos, r["labels"]):
+                ref += _bce((logits[p, pos_id] - logits[p, neg_id]).item(), y)
+    assert got == pytest.approx(ref, rel=1e-4)
