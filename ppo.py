@@ -316,6 +316,14 @@ def gathered(model):
             m.set_reshard_after_forward(True, recurse=False)
 
 
+def inverse_cdf(probs, u):
+    """The token of each row whose CDF interval holds u * (the row's CDF total): probs (b, V), u (b,)
+    in [0, 1) -> (b,). NOTE: a float32 cumsum may end below 1; comparing the unscaled u against it
+    would fall off the end and emit the last id whatever its probability."""
+    cdf = probs.cumsum(-1)  # (b, V)
+    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
 @torch.no_grad()
 def sample(model, prompt_ids, prompt_mask, max_new_tokens, temperature, eos_ids, pad_id,
            gen=None, rows=None, n_rows=None):
@@ -345,8 +353,7 @@ def sample(model, prompt_ids, prompt_mask, max_new_tokens, temperature, eos_ids,
             tok = logits.argmax(-1)  # (b,)
         else:
             u = torch.rand(n_rows, generator=gen, device=device)[rows[active]]  # (b,)
-            cdf = torch.softmax(logits / temperature, -1).cumsum(-1)  # (b, V)
-            tok = torch.searchsorted(cdf, u[:, None]).squeeze(-1).clamp(max=logits.shape[-1] - 1)
+            tok = inverse_cdf(torch.softmax(logits / temperature, -1), u)  # (b,)
         out[active[live], t] = tok[live]
         done = live & torch.isin(tok, eos)
         lengths[active[done]], finished[active[done]] = t + 1, True

@@ -1,6 +1,9 @@
-"""Tests for ppo.py: the math helpers against naive loops, masks, sampling, and subprocess runs on
-tiny random models (one per reward mode, torchrun + FSDP on gloo, SIGKILL + resume, bad input)."""
+"""Tests for ppo.py: the math helpers against naive loops, masks, sampling, the rollout / score /
+update stages against hand computations, and subprocess runs on tiny random models (one per reward
+mode, torchrun + FSDP on gloo, SIGKILL + resume, bad input)."""
 
+import contextlib
+import copy
 import json
 import math
 import os
@@ -9,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -107,6 +111,52 @@ def test_loss_masking_includes_eos_excludes_padding():
     assert total(eos) != pytest.approx(base)
 
 
+def cleanrl_token_loss(logp, old_logp, adv, v, old_v, ret, c, cv):
+    """One token's PPO losses, written the CleanRL way with Python floats (the naive reference)."""
+    ratio = math.exp(logp - old_logp)
+    pg_loss1 = -adv * ratio
+    pg_loss2 = -adv * min(max(ratio, 1 - c), 1 + c)
+    pg_loss = max(pg_loss1, pg_loss2)
+    v_loss_unclipped = (v - ret) ** 2
+    v_clipped = old_v + min(max(v - old_v, -cv), cv)
+    v_loss_clipped = (v_clipped - ret) ** 2
+    v_loss = 0.5 * max(v_loss_unclipped, v_loss_clipped)
+    return pg_loss, v_loss, float(pg_loss2 > pg_loss1), ratio, (ratio - 1) - (logp - old_logp)
+
+
+def test_ppo_token_losses_match_cleanrl_reference():
+    B, T, c, cv = 9, 7, 0.2, 0.3
+    mask, _, _ = ragged(B, T, seed=4)
+    g = torch.Generator().manual_seed(4)
+    old_logp = -torch.rand(B, T, generator=g) * 3
+    logp = old_logp + (torch.rand(B, T, generator=g) * 2 - 1)  # ratios in [e^-1, e]: both sides of the clip
+    adv = torch.randn(B, T, generator=g)
+    old_v = torch.randn(B, T, generator=g)
+    v = old_v + (torch.rand(B, T, generator=g) * 2 - 1)  # |v - old_v| up to 1, cv = 0.3
+    ret = torch.randn(B, T, generator=g)
+    L = ppo.ppo_token_losses(logp, old_logp, adv, v, old_v, ret, mask, c, cv)
+    regimes = set()
+    for b in range(B):
+        for t in range(T):
+            if not mask[b, t]:
+                assert all(L[k][b, t] == 0 for k in ("pg", "vf", "clip", "ratio", "approx_kl"))
+                continue
+            args = [x[b, t].item() for x in (logp, old_logp, adv, v, old_v, ret)]
+            pg, vf, clipped, ratio, approx_kl = cleanrl_token_loss(*args, c, cv)
+            assert L["pg"][b, t].item() == pytest.approx(pg, abs=1e-5)
+            assert L["vf"][b, t].item() == pytest.approx(vf, abs=1e-5)
+            assert L["clip"][b, t].item() == clipped
+            assert L["ratio"][b, t].item() == pytest.approx(ratio, abs=1e-5)
+            assert L["approx_kl"][b, t].item() == pytest.approx(approx_kl, abs=1e-5)
+            r, a, dv = ratio, args[2], args[3] - args[4]
+            regimes.add(("hi" if r > 1 + c else "lo" if r < 1 - c else "in", a > 0, abs(dv) > cv))
+    # the inputs reach every regime: ratio above / below / inside the clip range with either sign
+    # of the advantage, values inside and outside the value clip range
+    assert {(s, a) for s, a, _ in regimes} == {(s, a) for s in ("hi", "lo", "in") for a in (True, False)}
+    assert {o for _, _, o in regimes} == {True, False}
+    assert (L["clip"] > 0).any() and (L["clip"][mask] == 0).any()
+
+
 def test_minibatch_split_keeps_prompts_together_and_is_world_size_invariant():
     prompts, M, n = 24, 4, 3
     ids = ppo.minibatch_ids(prompts, M, n, torch.Generator().manual_seed(0))
@@ -165,6 +215,44 @@ def test_sampled_row_depends_only_on_its_global_index(tiny_policy):
         assert Lh[b] == Lf[b + 2] and half[b, :Lh[b]].tolist() == full[b + 2, :Lf[b + 2]].tolist()
 
 
+def test_inverse_cdf_never_falls_off_a_cdf_that_ends_below_one():
+    # float32 softmax rows sum to 1 only up to rounding; this one ends 2^-20 short, and its last id
+    # has probability 0. The largest torch.rand value, 1 - 2^-24, lies above the CDF's end.
+    probs = torch.tensor([0.25, 0.0, 0.5, 0.25 - 2 ** -20, 0.0])  # (V,)
+    assert probs.cumsum(-1)[-1] < 1 - 2 ** -24
+    us = [0.0, 0.1, 0.3, 0.6, 0.8, 0.9999, 1 - 2 ** -24]
+    tok = ppo.inverse_cdf(probs.expand(len(us), -1), torch.tensor(us))
+    total = sum(probs.tolist())
+    for u, k in zip(us, tok.tolist()):  # naive inverse CDF of the normalised probabilities
+        acc, want = 0.0, None
+        for i, p in enumerate(probs.tolist()):
+            acc += p / total
+            if want is None and acc > u:
+                want = i
+        assert k == want and probs[k] > 0, (u, k)
+    torch.manual_seed(0)
+    many = ppo.inverse_cdf(probs.expand(20000, -1), torch.rand(20000))
+    assert probs[many].min() > 0
+
+
+def test_policy_logprobs_use_the_temperature(tiny_policy):
+    model, tok = tiny_policy
+    ids, mask = ppo.encode(tok, ["Compute 1 + 2.", "Compute 10 - 200 + 3000 - 4."], "cpu")
+    resp = torch.randint(2, len(tok), (2, 6), generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([6, 3])
+    rmask = torch.arange(6)[None] < lengths[:, None]
+    full, attn, P = torch.cat([ids, resp], 1), torch.cat([mask, rmask.long()], 1), ids.shape[1]
+    with torch.no_grad():
+        logp, ent = ppo.policy_logprobs(model, full, attn, P, 0.7, entropy=True)
+        for b in range(2):
+            p = int(mask[b].sum())
+            row = torch.cat([ids[b, P - p:], resp[b, :lengths[b]]])[None]
+            lp = torch.log_softmax(model(input_ids=row).logits[0, p - 1:-1].float() / 0.7, -1)  # (n, V)
+            want = lp.gather(-1, row[0, p:, None]).squeeze(-1)
+            assert torch.allclose(logp[b, :lengths[b]], want, atol=1e-5)
+            assert torch.allclose(ent[b, :lengths[b]], -(lp.exp() * lp).sum(-1), atol=1e-5)
+
+
 def test_logprobs_and_values_do_not_depend_on_padding(tiny_policy, tiny_model_dir):
     from transformers import AutoModelForTokenClassification
     model, tok = tiny_policy
@@ -200,6 +288,161 @@ def test_response_mask_covers_eos_even_when_pad_equals_eos(tiny_policy):
     assert fin[0] and n <= 4 and out[0, n - 1] == eos
     rmask = torch.arange(out.shape[1])[None] < lengths[:, None]  # how ppo.py builds response_mask
     assert rmask[0, n - 1] and not rmask[0, n:].any()  # EOS in, padding out, though ids are equal
+
+
+# -----------------------------------------------------------------------------
+# stages in-process: rollout, score, ppo_update against hand computations
+
+def hand_logprobs(model, row, p, temperature):
+    """log-probs of row[p:] under model, from one unpadded forward of the (1, L) row."""
+    lp = torch.log_softmax(model(input_ids=row).logits[0, p - 1:-1].float() / temperature, -1)
+    return lp.gather(-1, row[0, p:, None]).squeeze(-1)
+
+
+def test_rollout_ref_logprobs_come_from_the_reference_model(tiny_policy, tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+    model, tok = tiny_policy
+    ref = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "ref", seed=1)).eval()
+    critic = AutoModelForTokenClassification.from_pretrained(tiny_model_dir, num_labels=1).eval()
+    qs = ["Compute 1 + 2.", "Compute 10 - 200 + 3000 - 4.", "Compute 5 - 6 + 7."]
+    cfg = SimpleNamespace(seed=0, max_new_tokens=8, temperature=0.7)
+    rt = SimpleNamespace(device="cpu", B=3, rank=0, n_rows=3, micro=2, eos_ids={tok.eos_token_id},
+                         amp=contextlib.nullcontext())
+    ro = ppo.rollout(model, ref, critic, tok, qs, cfg, rt, step=1)
+    ids, mask = ppo.encode(tok, qs, "cpu")
+    with torch.no_grad():
+        for b in range(3):
+            p, n = int(mask[b].sum()), int(ro.lengths[b])
+            row = torch.cat([ids[b, ro.P - p:], ro.resp[b, :n]])[None]
+            want_ref, want_old = hand_logprobs(ref, row, p, 0.7), hand_logprobs(model, row, p, 0.7)
+            assert torch.allclose(ro.ref_logp[b, :n], want_ref, atol=1e-5)
+            assert torch.allclose(ro.old_logp[b, :n], want_old, atol=1e-5)
+            assert not torch.allclose(want_ref, want_old, atol=1e-2)  # the two models do differ
+
+
+class StubRM:
+    """A reward model that returns fixed (values, end_idx, mask) whatever it reads."""
+    step_sep = rewards.DEFAULT_STEP_SEP
+
+    def __init__(self, kind, raw, end_idx, kmask):
+        self.kind, self.out = kind, (torch.tensor(raw), torch.tensor(end_idx), torch.tensor(kmask))
+
+    def score_tokens(self, questions, tok, response_ids):
+        return self.out
+
+
+def scored_batch(tok):
+    """Two rows with the same correct solution: row 0 ends with EOS, row 1 hit max_new_tokens (one
+    more token, a space, and no EOS). Both have T = n + 1 tokens."""
+    text = "1 + 2 = 3\n\nThe answer is \\boxed{3}."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    space = tok(" ", add_special_tokens=False)["input_ids"]
+    assert len(space) == 1
+    resp = torch.tensor([ids + [tok.eos_token_id], ids + space])  # (2, T)
+    n = len(ids)
+    ro = SimpleNamespace(resp=resp, lengths=torch.tensor([n + 1, n + 1]), finished=torch.tensor([True, False]),
+                         mask=torch.ones(2, n + 1, dtype=torch.bool))
+    assert rewards.is_correct(tok.decode(ids + space, skip_special_tokens=True), "3")  # correct, but truncated
+    return [{"question": "Compute 1 + 2.", "answer": "3"}] * 2, ro, n
+
+
+def score_cfg(reward, alpha=1.0):
+    return SimpleNamespace(grade_workers=1, dataset="test", reward=reward, alpha=alpha, eta=0.5)
+
+
+def test_score_truncated_correct_response_gets_no_success(tiny_policy):
+    _, tok = tiny_policy
+    batch, ro, n = scored_batch(tok)
+    sc = ppo.score(None, tok, batch, ro, score_cfg("success"), step=1)
+    assert sc.success.tolist() == [1.0, 0.0]
+    want = torch.zeros(2, n + 1)
+    want[0, n] = 1.0  # success on the EOS of the finished row only
+    assert torch.equal(sc.token, want)
+
+
+@pytest.mark.parametrize("mode,raw,want", [
+    # alpha = 0.3 and eta = 0.5, by hand; row 0 steps end at tokens 3 and 8, row 1's one step at 2
+    ("prm", [[0.9, 0.4], [0.2, 0.0]], {(0, 3): 0.27, (0, 8): 0.12, (1, 2): 0.06}),
+    ("clip", [[0.9, 0.4], [0.2, 0.0]], {(0, 3): 0.0, (0, 8): -0.03, (1, 2): -0.09}),
+    ("delta", [[0.9, 0.4], [0.2, 0.0]], {(0, 3): 0.27, (0, 8): 0.0, (1, 2): 0.0}),
+    ("orm", [[0.8], [0.6]], {(0, "n"): 0.24, (1, "n"): 0.18}),
+])
+def test_score_scales_the_learned_term_by_alpha(tiny_policy, mode, raw, want):
+    _, tok = tiny_policy
+    batch, ro, n = scored_batch(tok)
+    ends = [[n], [n]] if mode == "orm" else [[3, 8], [2, 0]]
+    kmask = [[True], [True]] if mode == "orm" else [[True, True], [True, False]]
+    sc = ppo.score(StubRM("orm" if mode == "orm" else "prm", raw, ends, kmask), tok, batch, ro,
+                   score_cfg(mode, alpha=0.3), step=1)
+    expected = torch.zeros(2, n + 1)
+    for (b, t), x in want.items():
+        expected[b, n if t == "n" else t] += x
+    expected[0, n] += 1.0  # success: the finished row only
+    assert torch.allclose(sc.token, expected, atol=1e-6)
+
+
+def test_ppo_update_matches_a_manual_sgd_loop(tiny_model_dir):
+    """Two minibatches (one prompt x 2 samples each), micro-batches of one row, plain SGD: the
+    parameters after ppo_update equal a hand-written CleanRL loop over the two minibatches."""
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+    torch.manual_seed(0)
+    policy0 = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    critic0 = ppo.no_dropout(AutoModelForTokenClassification.from_pretrained(tiny_model_dir, num_labels=1))
+    B, P, T, temp, c, cv, lr = 4, 3, 5, 0.7, 0.2, 0.2, 0.5
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, policy0.config.vocab_size, (B, P + T), generator=g)  # (B, L), no prompt padding
+    mask = torch.arange(T)[None] < torch.tensor([5, 3, 4, 2])[:, None]  # (B, T)
+    ids[:, P:][~mask] = 0
+    with torch.no_grad():
+        logp0 = torch.stack([hand_logprobs(policy0, ids[b:b + 1], P, temp) for b in range(B)])
+        v0 = critic0(input_ids=ids).logits[:, P - 1:-1, 0]
+    ro = SimpleNamespace(ids=ids, attn=torch.cat([torch.ones(B, P, dtype=torch.long), mask.long()], 1), P=P,
+                         mask=mask, old_logp=(logp0 + 0.5 * torch.randn(B, T, generator=g)) * mask,
+                         values=(v0 + 0.5 * torch.randn(B, T, generator=g)) * mask)
+    adv, returns = torch.randn(B, T, generator=g) * mask, torch.randn(B, T, generator=g) * mask
+
+    def manual(order):
+        policy, critic = copy.deepcopy(policy0), copy.deepcopy(critic0)
+        for rows in order:
+            m = mask[rows]
+            logp = torch.stack([hand_logprobs(policy, ids[b:b + 1], P, temp) for b in rows])
+            v = critic(input_ids=ids[rows]).logits[:, P - 1:-1, 0]
+            old_logp, old_v, a, ret = ro.old_logp[rows], ro.values[rows], adv[rows], returns[rows]
+            ratio = torch.exp(logp - old_logp)
+            pg_loss1 = -a * ratio
+            pg_loss2 = -a * torch.clamp(ratio, 1 - c, 1 + c)
+            pg_loss = torch.max(pg_loss1, pg_loss2)
+            v_loss_unclipped = (v - ret) ** 2
+            v_clipped = old_v + torch.clamp(v - old_v, -cv, cv)
+            v_loss_clipped = (v_clipped - ret) ** 2
+            v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped)
+            loss = ((pg_loss + v_loss) * m).sum() / m.sum()
+            params = list(policy.parameters()) + list(critic.parameters())
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            with torch.no_grad():
+                for p_, g_ in zip(params, grads):
+                    if g_ is not None:
+                        p_ -= lr * g_
+        return policy, critic
+
+    policy, critic = copy.deepcopy(policy0), copy.deepcopy(critic0)
+    models = {"policy": policy, "critic": critic}
+    optims = {"policy": torch.optim.SGD(policy.parameters(), lr=lr),
+              "critic": torch.optim.SGD(critic.parameters(), lr=lr)}
+    cfg = SimpleNamespace(lr=lr, critic_lr=lr, anneal_lr=False, steps=1, ppo_epochs=1, seed=0, prompts_per_step=2,
+                          minibatches=2, samples_per_prompt=2, temperature=temp, cliprange=c, cliprange_value=cv,
+                          fsdp=False, max_grad_norm=0.0)
+    rt = SimpleNamespace(device="cpu", rank=0, world=1, B=B, micro=1, amp=contextlib.nullcontext())
+    ppo.ppo_update(models, optims, ro, adv, returns, cfg, rt, step=1)
+
+    def dist_(a, b):
+        return max((x - y).abs().max().item() for x, y in zip(a.parameters(), b.parameters()))
+
+    moved = min(dist_(policy, policy0), dist_(critic, critic0))
+    # the minibatch order is the seeded split's business (tested above): either order may come first
+    err = min(max(dist_(policy, mp), dist_(critic, mc)) for mp, mc in (manual([[0, 1], [2, 3]]),
+                                                                      manual([[2, 3], [0, 1]])))
+    assert moved > 1e-3 and err < 1e-5, (moved, err)
 
 
 # -----------------------------------------------------------------------------
