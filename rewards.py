@@ -220,18 +220,26 @@ def step_end_token_indices(tokenizer, response_ids, step_char_ends):
 
     response_ids: list[int], the generated tokens (EOS may be last); step_char_ends: exclusive
     char ends from split_steps_with_ends on `tokenizer.decode(response_ids, skip_special_tokens=True)`.
-    Token i holds char c-1 when decode(ids[:i+1]) is the first prefix longer than c-1 chars; we
-    binary-search it (K * log T decodes, works for any tokenizer, byte-level BPE included).
+    Token i holds char c-1 (its last byte, for a character split across byte-level tokens) when
+    decode(ids[:i+1]) is the first prefix whose char c-1 is the full text's; we binary-search it
+    (K * log T decodes, works for any tokenizer, byte-level BPE included).
+
+    NOTE: a prefix ending mid-character (。 or an emoji split into byte tokens) decodes its partial
+    bytes to one U+FFFD, as long as the finished character: counting chars alone would put the
+    reward 1-3 tokens early, on the token holding the character's first bytes.
     """
-    def prefix_len(i):  # chars decoded from tokens 0..i
-        return len(tokenizer.decode(response_ids[: i + 1], skip_special_tokens=True))
+    text = tokenizer.decode(response_ids, skip_special_tokens=True)
+
+    def holds(i, c):  # tokens 0..i decode char c-1 completely
+        prefix = tokenizer.decode(response_ids[: i + 1], skip_special_tokens=True)
+        return len(prefix) >= c and prefix[c - 1] == text[c - 1]
 
     out = []
     for c in step_char_ends:
         lo, hi = 0, len(response_ids) - 1
         while lo < hi:
             mid = (lo + hi) // 2
-            if prefix_len(mid) >= c:
+            if holds(mid, c):
                 hi = mid
             else:
                 lo = mid + 1
@@ -272,7 +280,8 @@ def place_rewards(step_values, step_end_idx, step_mask, success, response_mask):
 # 1. Success grading (extract_answer, is_correct, success_reward): see below.
 #
 # Model output is untrusted input. The pipeline for one (response, gold) pair:
-#   (a) extract the final answer text (last \boxed{...}, else the last "The answer is X" / "#### X");
+#   (a) extract the final answer text (last \boxed{...} with the boxes chained to it by "and" / ","
+#       only, else the last "The answer is X" / "#### X"); the README's "Grading conventions";
 #   (b) screen it (length, nesting, power towers, factorial chains, big operators) -> False fast;
 #   (c) integers on both sides: compare exactly in Python (the arith world never touches sympy);
 #   (d) otherwise math-verify: parse "\boxed{answer}" with its LaTeX normaliser (units, degrees,
@@ -306,6 +315,9 @@ _BANNED_RE = re.compile(r"\\(?:sum|prod|coprod|int|iint|iiint|oint|lim|limsup|li
                         r"operatorname|mathrm\s*\{\s*(?:sum|prod)|def|newcommand|input|include)"
                         r"(?![a-zA-Z])|\*\*|\^\s*\^")
 _BINOM_RE = re.compile(r"\\[dt]?binom|\\choose")
+# what may separate the boxes of one answer: spacing, commas, "and"/"or", math delimiters
+_BOX_GAP_RE = re.compile(r"(?:\s|[,;~$]|\\[()\[\],;: !]|\\q?quad(?![a-zA-Z])|\b(?:and|or)\b|"
+                         r"\\(?:text|textrm|mathrm|textbf)\s*\{\s*,?\s*(?:and|or)?\s*\})*", re.IGNORECASE)
 
 
 def _box_end(text, m):
@@ -318,9 +330,15 @@ def _box_end(text, m):
 
 
 def _last_box(text):
-    """Content of the last complete top-level \\boxed{...} / \\fbox{...}, unwrapping a box that is
-    the whole content (\\boxed{\\boxed{5}} -> 5); None if there is none. Linear in len(text)."""
-    found, pos = None, 0
+    """Content of the final answer's boxes (\\boxed{...} / \\fbox{...}); None if there is none.
+
+    The last complete top-level box, together with the boxes chained before it by nothing but
+    commas, "and"/"or", spacing and math delimiters ("$\\boxed{-2}$ and $\\boxed{1}$" -> "-2, 1",
+    Math-Verify's rule); boxes separated by prose are intermediate results and ignored. Each box that
+    is a box's whole content is unwrapped (\\boxed{\\boxed{5}} -> 5); repeated contents are kept once.
+    Linear in len(text).
+    """
+    chain, pos, prev_end = [], 0, None
     while True:
         m = _BOX_RE.search(text, pos)
         if m is None:
@@ -328,8 +346,28 @@ def _last_box(text):
         end = _box_end(text, m)
         if end is None:  # unclosed box (truncated text): nothing after it can close either
             break
-        found, pos = text[m.end(): end - 1], end
-    while found is not None and len(found) <= 4 * MAX_ANSWER_CHARS:  # NOTE: bounded, not O(n^2)
+        chained = prev_end is not None and m.start() - prev_end <= 80 and _BOX_GAP_RE.fullmatch(
+            text, prev_end, m.start())
+        if not chained:
+            chain = []
+        chain.append((m.end(), end - 1))
+        pos = prev_end = end
+    if not chain:
+        return None
+    parts, size = [], 0
+    for start, stop in chain:
+        part = _unwrap_box(text[start: stop]).strip()
+        if part and part not in parts:
+            parts.append(part)
+            size += len(part)
+        if size > 4 * MAX_ANSWER_CHARS:  # too long to pass the screen anyway
+            break
+    return ", ".join(parts)
+
+
+def _unwrap_box(found):
+    """\\boxed{\\boxed{5}} content -> 5: unwrap a box that is the whole content (bounded, not O(n^2))."""
+    while len(found) <= 4 * MAX_ANSWER_CHARS:
         inner = found.strip()
         m = _BOX_RE.match(inner)
         if m is None or _box_end(inner, m) != len(inner):
@@ -349,7 +387,8 @@ def _strip_math_delims(s):
 def extract_answer(text):
     """The final answer of a response or solution, as text; None when there is none.
 
-    The content of the last \\boxed{...} (or \\fbox{...}; balanced braces, nested boxes unwrapped).
+    The content of the last \\boxed{...} (or \\fbox{...}; balanced braces, nested boxes unwrapped);
+    boxes chained to it by only commas / "and" / "or" / spacing are joined into one list answer.
     Without a box: the rest of the line after the last answer marker, "The answer is" /
     "answer:" or "####" (whichever comes last), with $...$, a trailing period and Minerva's
     "I hope it is correct." stripped.
@@ -484,8 +523,12 @@ def _small_operand(text, max_digits):
 
 
 def _int_value(ans):
-    """The integer an answer plainly is ("-72", "1,000", "\\$18", "18 dollars" excluded), else None."""
-    s = ans.replace("\\!", "").replace("\\$", "").replace("$", "").replace(" ", "")
+    """The integer an answer plainly is ("-72", "1,000", "\\$18", "18 dollars" excluded), else None.
+    NOTE: "32, 349" is the list {32, 349}, not 32349: a comma followed by a space separates items."""
+    s = ans.replace("\\!", "").replace("\\$", "").replace("$", "").strip().rstrip("\\").strip()
+    if re.search(r",\s", s):
+        return None
+    s = s.replace(" ", "")
     if _INT_RE.fullmatch(s):
         return int(s.replace(",", ""))
     return None
@@ -495,7 +538,7 @@ def _normalize_answer(ans):
     """Light text normalisation before math-verify: "°" -> ^\\circ, repeating decimals
     (0.\\overline{3}) -> fractions, plain-English unit words after a number dropped ("18 dollars"
     -> "18"); math-verify itself handles \\text{} units, degrees, \\$, thousands separators, x=."""
-    ans = ans.strip().replace("°", "^{\\circ}")
+    ans = ans.strip().rstrip("\\").strip().replace("°", "^{\\circ}")  # "185\\" -> "185"
     m = _REPEATING_RE.fullmatch(ans)  # 0.1\overline{6} -> \frac{1}{6}
     if m:
         sign, whole, fixed, rep = m.groups()
@@ -531,7 +574,8 @@ def _gold_answer_text(gold):
         return box.strip()
     if "####" in gold:
         return gold.rsplit("####", 1)[1].split("\n", 1)[0].strip()
-    return gold.strip()
+    marked = extract_answer(gold)  # a solution in Minerva's "The final answer is $X$." format
+    return marked if marked is not None else gold.strip()
 
 
 @functools.lru_cache(maxsize=8192)
@@ -553,7 +597,8 @@ def _gold_parsed(gold):
 
 
 def is_correct(response, gold):
-    """True when the response's final answer (extract_answer) equals the gold answer per SPEC §4.
+    """True when the response's final answer (extract_answer) equals the gold answer (README,
+    "Success grading" and "Grading conventions").
 
     gold: a bare answer ("\\frac{1}{2}", "72") or a full GSM8K ("... #### 72") / MATH
     ("... \\boxed{72}") solution; an unparsable gold raises ValueError naming it.
@@ -599,7 +644,7 @@ def _screened_answer(response):
 
 
 def success_reward(response, gold, truncated=False):
-    """Correct(q, s) in {0.0, 1.0}. A truncated response (no EOS) gets 0 (SPEC §4)."""
+    """Correct(q, s) in {0.0, 1.0}. A truncated response (no EOS) gets 0 (the paper's success reward)."""
     if truncated:
         return 0.0
     return 1.0 if is_correct(response, gold) else 0.0
