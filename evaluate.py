@@ -1,5 +1,5 @@
 """
-Evaluate a policy on arith / GSM8K / MATH the way the paper reports it (SPEC §6): greedy accuracy,
+Evaluate a policy on arith / GSM8K / MATH the way the paper reports it (METHOD §6): greedy accuracy,
 sampling accuracy at temperature 1.0, pass@k, maj@k, best-of-N reranked by a PRM or an ORM (the
 "reward models are strong at inference time" half of the paper), and the reward-hacking
 diagnostics (response length, steps per response, repeated steps). A second mode draws training
@@ -12,7 +12,7 @@ Algorithm (the numbers match comments in the code)
      problem and n samples at --temperature (plain softmax: no top-k, no repetition penalty).
   3. Grade every response: rewards.extract_answer for the answer, rewards.grade_batch (is_correct,
      optionally in worker processes) for correctness. A truncated response (no EOS within
-     --max-new-tokens) is incorrect (SPEC §4); a response whose grading raises is incorrect and
+     --max-new-tokens) is incorrect (METHOD §4); a response whose grading raises is incorrect and
      counted in `grading_errors`; nothing crashes the run.
   4. Diagnostics per response: tokens (EOS included), steps (rewards.split_steps), repeated steps
      (identical, after whitespace normalisation, to an earlier step of the same response),
@@ -353,7 +353,7 @@ def response_records(jobs, gen, problems, tok):
 def grade(records, processes=1, chunk=512, disable=False):
     """Set rec["correct"] on every record (step 3), with rewards.grade_batch in chunks.
 
-    NOTE: a truncated response is incorrect whatever it contains (SPEC §4) and is not graded.
+    NOTE: a truncated response is incorrect whatever it contains (METHOD §4) and is not graded.
     grade_batch raises only on a gold it cannot parse; that chunk is then graded one by one and
     each failure is an incorrect response with its `grading_error` set, so the run goes on.
     """

@@ -1,9 +1,9 @@
 """
 PPO for math reasoning with the rewards of Gao et al. 2024 (arXiv 2410.15115): the success reward,
 plus an optional learned term from an outcome (ORM) or process (PRM) reward model, with the Clip and
-Delta fixes for PRM reward hacking. Formulas: ../shared/SPEC.md §1-§3; they live in rewards.py.
+Delta fixes for PRM reward hacking. Formulas: docs/METHOD.md §1-§3; they live in rewards.py.
 
-The per-token reward of a response (SPEC §1; k1 KL inside the reward, no KL term in the loss):
+The per-token reward of a response (METHOD §1; k1 KL inside the reward, no KL term in the loss):
     r_t = Correct(q, s) [last token] + alpha * learned term [token ending each step] - beta * (logp_t - ref_logp_t)
 
 Algorithm (the numbers match comments in the code)
@@ -109,7 +109,7 @@ class Config:
     dataset: str = opt("arith", "training questions: arith | gsm8k | math | a .jsonl path (train split)")
     eval_dataset: str = opt("", "greedy-eval set, test split ('' = --dataset)")
     eval_limit: int = opt(500, "greedy eval on the first N test problems (0 = none)")
-    # reward (SPEC §2)
+    # reward (METHOD §2)
     reward: str = opt("clip_delta", f"reward mode: {' | '.join(REWARD_MODES)}")
     alpha: float = opt(1.0, "weight of the learned reward term")
     eta: float = opt(0.5, "Clip threshold: min(r - eta, 0)")

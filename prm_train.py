@@ -15,7 +15,7 @@ so training and scoring cannot drift apart. Format ("chat", the default):
 Algorithm
   1. Labels (skipped with --data): for chunks of `label_chunk` problems (the unit of resume),
      a. sample `samples_per_problem` solutions per problem from --policy at `temperature`, batched;
-     b. split each into steps (SPEC §3); every step but the last gives a prefix
+     b. split each into steps (METHOD §3); every step but the last gives a prefix
         = prompt + response up to the end of step k + separator;
      c. sample `completions` continuations of every prefix: a whole batch of prefixes goes through
         ONE generate call with num_return_sequences = completions (about gen_batch sequences);
@@ -101,7 +101,7 @@ class Config:
     input_format: str = "chat"  # chat | math-shepherd (see rewards.rm_input_text)
     extra_layers: int = 0  # decoder layers appended to --init, starting as the identity (see grow_layers)
     train_only_extra: bool = False  # freeze the --init layers and embeddings; train the extra layers + final norm
-    step_sep: str = "\n\n"  # step separator (SPEC §3); PRM training and RL must use the same one
+    step_sep: str = "\n\n"  # step separator (METHOD §3); PRM training and RL must use the same one
     # data: automatic labels (step 1) or an existing step-labeled file
     data: str = ""  # train on this instead of labeling: labeled JSONL, PRM800K, Math-Shepherd (file or hub id)
     data_format: str = "auto"  # auto | labeled | prm800k | math-shepherd
@@ -117,7 +117,7 @@ class Config:
     mc_correct: bool = False  # also roll out prefixes of CORRECT solutions (needed for their soft labels)
     temperature: float = 1.0  # sampling temperature for solutions and completions
     top_p: float = 1.0
-    max_new_tokens: int = 160  # response budget; a rollout without EOS within it is wrong (SPEC §4)
+    max_new_tokens: int = 160  # response budget; a rollout without EOS within it is wrong (METHOD §4)
     gen_batch: int = 256  # sequences per generate call (prefixes x completions)
     label_chunk: int = 32  # problems per chunk, the unit written to the JSONL and resumed
     prm800k_neutral: float = 1.0  # label of a PRM800K step rated 0 (neutral)

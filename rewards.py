@@ -153,7 +153,7 @@ def split_steps_with_ends(text, sep=DEFAULT_STEP_SEP):
 
 
 def split_steps(text, sep=DEFAULT_STEP_SEP):
-    """Steps per SPEC §3: the stripped, non-empty pieces of `text` between separators."""
+    """Steps per METHOD §3: the stripped, non-empty pieces of `text` between separators."""
     return split_steps_with_ends(text, sep)[0]
 
 
@@ -730,7 +730,7 @@ def grade_batch(responses, golds, processes=None, timeout_s=60.0):
 # 5. Reward-model scoring: PRM / ORM as causal LMs read at a step tag (Math-Shepherd format)
 #
 # A PRM is a plain causal LM. Its input is rebuilt from TEXT, so the PRM's tokenizer need not be the
-# policy's (SPEC §3). Input formats (`input_format`), steps from split_steps(response, step_sep):
+# policy's (METHOD §3). Input formats (`input_format`), steps from split_steps(response, step_sep):
 #
 #   "chat" (ours, the default):  build_prompt(prm_tokenizer, question)
 #                                + step_1 + TAG + step_sep + step_2 + TAG + ... + step_K + TAG

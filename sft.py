@@ -1,7 +1,7 @@
 """
 Supervised warm start (SFT): teach a causal LM to answer prompt -> solution, with the loss on the
 solution tokens only. On real models this stage is optional (the paper starts RL from instruct
-models, SPEC §1); in the arith world it produces the starting policy `models/arith-policy`.
+models, METHOD §1); in the arith world it produces the starting policy `models/arith-policy`.
 
 Works with any Hugging Face causal LM (`--init` a local path or hub id), or a tiny Llama / Qwen2
 built from a config with no download (`--init scratch --tokenizer data/arith/tokenizer`).
@@ -17,14 +17,14 @@ Algorithm
      optimizer batch divided by their count (micro-batches accumulate into one update).
   4. Every `eval_every` steps (and at the end): greedy accuracy on the first `eval_n` problems of
      the eval split with model.generate + rewards.is_correct; a response cut at max_new_tokens
-     without EOS counts as wrong (SPEC §4). Print one decoded sample.
+     without EOS counts as wrong (METHOD §4). Print one decoded sample.
   5. Save the model + tokenizer with save_pretrained (generation_config carries pad/eos), and
      meta.json (resolved config, step, last metrics). metrics.jsonl has one line per logged step.
   `--eval-only` skips 2-5: it loads `--init`, reports greedy accuracy and sampling accuracy at
   temperature 1 (mean over `--eval-samples` samples per problem) on the eval split, and saves nothing
   but metrics.jsonl.
 
-Departures from the paper: none; this stage is not part of the method (SPEC §1).
+Departures from the paper: none; this stage is not part of the method (METHOD §1).
 
 Commands
   CPU, the shipped arith policy (0.54M-parameter Llama, 2 layers x 128, 1500 steps of 64 problems;
@@ -175,7 +175,7 @@ def lr_at(step, cfg):
 
 
 def grade(response, gold, finished):
-    """Success per SPEC §4: 1 if the response finished (EOS) and its final answer equals the gold."""
+    """Success per METHOD §4: 1 if the response finished (EOS) and its final answer equals the gold."""
     return bool(finished) and bool(rewards.is_correct(response, gold))
 
 

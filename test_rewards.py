@@ -459,7 +459,7 @@ def naive_clip(x, eta):
 
 
 def naive_delta(x):
-    """SPEC §2 in 1-indexed form: d_k = x_k - x_{k+1} (k < K-1), x_{K-1} (k = K-1), 0 (k = K)."""
+    """METHOD §2 in 1-indexed form: d_k = x_k - x_{k+1} (k < K-1), x_{K-1} (k = K-1), 0 (k = K)."""
     K = len(x)
     d = []
     for k in range(1, K + 1):
@@ -661,7 +661,7 @@ def test_place_rewards_matches_naive_loop(seed):
 
 
 def test_place_rewards_truncated_and_shared_last_token():
-    # A truncated response (no EOS): success (0 by SPEC §4, here 1 to see it) goes on the last
+    # A truncated response (no EOS): success (0 by METHOD §4, here 1 to see it) goes on the last
     # generated token; a step ending there adds to it.
     response_mask = torch.tensor([[True, True, True, False]])
     r = R.place_rewards(torch.tensor([[0.5]]), torch.tensor([[2]]), torch.tensor([[True]]),

@@ -11,7 +11,7 @@ Benchmark of success grading (rewards.is_correct / grade_batch): README figures,
      started inside the timed call) and warm (the pool PPO reuses every step).
 
 Usage:
-    python bench/bench_grading.py                      # reads ../shared/data (see SPEC §7)
+    python bench/bench_grading.py                      # reads ../shared/data (external data; see docs/METHOD.md §7)
     python bench/bench_grading.py --pairs 500 --processes 4 --data-dir /path/to/data
 """
 

@@ -22,7 +22,7 @@ Algorithm (the numbers match comments in the code)
   3. Best-of-N: evaluate.py on the starting policy with `bon_n` samples and --prm/--orm.
   4. Table: mean ± std over seeds per mode of greedy accuracy, sampling accuracy, response tokens,
      steps per response and repeated-step fraction (greedy responses, evaluate.py's headline
-     diagnostics), next to the paper's Qwen2-1.5B-Instruct MATH numbers (SPEC §6) ->
+     diagnostics), next to the paper's Qwen2-1.5B-Instruct MATH numbers (METHOD §6) ->
      RESULTS_DIR/ablation.md and ablation.json. Best-of-N -> the same files.
   5. Plots: per mode (mean over seeds, thin lines per seed) rollout response tokens, steps per
      response, rollout accuracy and greedy eval accuracy vs PPO step -> RESULTS_DIR/ablation_curves.png
@@ -57,7 +57,7 @@ from dataclasses import dataclass, fields
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 
-# The paper's numbers (SPEC §6): MATH, Qwen2-1.5B-Instruct, greedy / sampling accuracy in %.
+# The paper's numbers (METHOD §6): MATH, Qwen2-1.5B-Instruct, greedy / sampling accuracy in %.
 PAPER = {
     "base": (24.90, 16.79), "success": (30.58, 27.05), "orm": (30.57, 27.12), "prm": (11.16, 14.68),
     "clip": (30.30, 28.40), "delta": (30.68, 27.96), "clip_delta": (31.44, 28.20),

@@ -5,7 +5,7 @@ GSM8K (Cobbe et al., 2021) in the project schema: data/gsm8k/{train,test}.jsonl 
 Conversion of one raw row {"question", "answer": "<reasoning lines>\\n#### N"}:
   1. answer   = N after the last "####", thousands commas removed ("1,080" -> "1080").
   2. solution = the reasoning lines, calculator annotations "<<16-3-4=9>>" removed, one step per
-                line joined by a blank line (the project's step separator, SPEC §3), plus a last
+                line joined by a blank line (the project's step separator, METHOD §3), plus a last
                 step "The answer is \\boxed{N}." so every stage reads the final answer the same way.
   3. question = the question, stripped.
 A row that is not JSON, lacks a question, or has no "#### N" is an error naming the file and line;
