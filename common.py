@@ -1,0 +1,496 @@
+"""
+Plumbing shared by every stage script (sft.py, prm_train.py, ppo.py, evaluate.py), as nanochat's
+common.py: no algorithm lives here, only what would otherwise be copied into each script and drift.
+
+  1. Configuration: `field(default, help)` declares a knob of a flat @dataclass Config;
+     `parse_config(Config, argv)` turns the fields into `--snake-case` options with --help text and
+     defaults. Booleans: `--flag` / `--no-flag` (`--flag true|false` is still read; anything else,
+     e.g. `--eval-only flase`, is an error). Unknown or abbreviated flags are errors.
+  2. Errors: `RunError` is the one user-facing error. `run_main(main)` (every script's
+     `if __name__ == "__main__"`) prints it as `error: <message>` on one line and exits with code 2,
+     like a bad flag; Ctrl-C exits with 130; any other exception keeps its traceback (a bug).
+  3. Runtime: `setup_runtime(device, seed)` -> `Runtime` (rank, world_size, local_rank, master,
+     device, bf16 / dtype / amp with the reason printed); torch.distributed with NCCL on GPU and gloo
+     on CPU under torchrun. `print0`, `barrier`.
+  4. Models: `model_source`, `load_model`, `load_tokenizer` (a local dir or a hub id, one clear error
+     either way), `no_dropout`, `model_eos_ids`, `read_jsonl`.
+  5. Generation for the non-PPO stages (SFT eval, evaluation, PRM labeling): `generate`, batched,
+     left-padded, plain softmax at a temperature or greedy, the checkpoint's sampling defaults off.
+  6. Logging: `MetricsLogger` appends one JSON row per line to out_dir/metrics.jsonl (trimmed to the
+     checkpoint's step on resume) and mirrors it to wandb when asked.
+
+Shapes: B sequences in a generate batch, P prompt tokens (left-padded), T generated tokens.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import sys
+import types
+import typing
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+# -----------------------------------------------------------------------------
+# 1. configuration: a flat @dataclass -> --flag value options
+
+_BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def field(default, help, choices=None):
+    """A Config field with its --help text (and optional allowed values). A list default gets a
+    fresh copy per instance."""
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _default(f):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _converter(name, typ):
+    """argparse `type=` for int / float / str and Optional[...] of them ('none' -> None)."""
+    optional = False
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        optional, typ = len(args) < len(typing.get_args(typ)), args[0] if len(args) == 1 else None
+    if typ not in (int, float, str):
+        raise TypeError(f"Config field {name}: unsupported type {typ!r} (bool, int, float, str, "
+                        "Optional[int | float | str] or list)")
+    if not optional:
+        return typ
+
+    def convert(s):
+        return None if s.lower() == "none" else typ(s)
+    convert.__name__ = typ.__name__  # argparse names it in "invalid int value"
+    return convert
+
+
+def _build_parser(cls, description, suppress_defaults=False):
+    p = argparse.ArgumentParser(description=description, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    hints = typing.get_type_hints(cls)
+    bool_flags = set()
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("help"):
+            raise TypeError(f"{cls.__name__}.{f.name} has no help text: declare it with common.field(default, help)")
+        flag, typ, default = "--" + f.name.replace("_", "-"), hints[f.name], _default(f)
+        kw = dict(default=argparse.SUPPRESS if suppress_defaults else default,
+                  help=f"{f.metadata['help']} (default: {default!r})", choices=f.metadata.get("choices"))
+        if typ is bool:
+            bool_flags.add(flag)
+            kw.pop("choices")
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif typ is list or typing.get_origin(typ) is list:
+            item = (typing.get_args(typ) or (str,))[0]
+            p.add_argument(flag, nargs="+", type=_converter(f.name, item), **kw)
+        else:
+            p.add_argument(flag, type=_converter(f.name, typ), **kw)
+    return p, bool_flags
+
+
+def _bool_words(argv, bool_flags, parser):
+    """Rewrite `--flag true|false` and `--flag=true|false` to `--flag` / `--no-flag`.
+
+    NOTE: unambiguous because no script has positional arguments: a word right after a boolean
+    flag can only be meant as its value, so a word that is not true/false/yes/no/1/0 is an error
+    (before: sft.py read `--eval-only flase` as False)."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            out += argv[i:]
+            break
+        name, eq, word = a.partition("=")
+        if name in bool_flags and (eq or (i + 1 < len(argv) and not argv[i + 1].startswith("-"))):
+            if not eq:
+                i, word = i + 1, argv[i + 1]
+            if word.lower() not in _BOOL_WORDS:
+                parser.error(f"argument {name}: expected no value (or true / false), got {word!r}; "
+                             f"write {name} or --no-{name[2:]}")
+            a = name if _BOOL_WORDS[word.lower()] else "--no-" + name[2:]
+        out.append(a)
+        i += 1
+    return out
+
+
+def parse_config(cls, argv=None, description=None, with_given=False):
+    """Parse argv (default sys.argv[1:]) into a `cls` instance (a flat @dataclass built with
+    `field`). --help shows `description` (default: the docstring of the module defining cls) and
+    every field's help with its default. With with_given=True also returns the set of field names
+    given explicitly on the command line (a resumed run overrides the saved config with them).
+
+    Types: bool (--flag / --no-flag), int, float, str, Optional[int | float | str] ('none' = None),
+    list (--flag A B C). Errors (unknown flag, bad value) exit with code 2, argparse's usage error.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if description is None:
+        description = getattr(sys.modules.get(cls.__module__), "__doc__", None)
+    p, bool_flags = _build_parser(cls, description)
+    argv = _bool_words(argv, bool_flags, p)
+    cfg = cls(**vars(p.parse_args(argv)))
+    if not with_given:
+        return cfg
+    given = set(vars(_build_parser(cls, description, suppress_defaults=True)[0].parse_args(argv)))
+    return cfg, given
+
+
+# -----------------------------------------------------------------------------
+# 2. user-facing errors
+
+class RunError(Exception):
+    """A user-facing error (bad input, missing file or model, bad setting): run_main prints it as
+    one line, without a traceback. Raise it with a message that says what to do."""
+
+
+def run_main(main, argv=None):
+    """Every script's entry point: `if __name__ == "__main__": common.run_main(main)`.
+
+    RunError -> `error: <message>` on stderr, exit code 2 (argparse's code for a bad flag).
+    KeyboardInterrupt -> `interrupted`, exit code 130. Anything else keeps its traceback: it is a
+    bug, not a user error. NOTE: FileNotFoundError / ValueError are not caught here; a script turns
+    them into RunError where it reads user input (its data, its model paths), so that a missing
+    internal file still shows where it came from. The process group is destroyed in every case.
+    """
+    code = 0
+    try:
+        main(argv)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        code = 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        code = 130
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if code:
+        sys.exit(code)
+
+
+# -----------------------------------------------------------------------------
+# 3. runtime: processes, device, dtype, seeds
+
+@dataclasses.dataclass
+class Runtime:
+    rank: int  # global rank (0 without torchrun)
+    world_size: int  # processes
+    local_rank: int  # rank on this machine = the GPU index under torchrun
+    master: bool  # rank == 0: the one that prints, logs and saves
+    device: str  # "cpu" or "cuda:N"
+    bf16: bool  # bf16 compute (a GPU with bf16 support, unless fp32 was asked for)
+    dtype: torch.dtype  # bfloat16 when bf16, else float32: for frozen models (reference, reward models)
+    amp: object  # autocast context (bf16 on such GPUs), else a no-op; log-probs and losses stay fp32
+
+
+def is_master():
+    """Rank 0 (from torch.distributed, else from torchrun's RANK variable)."""
+    return (dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))) == 0
+
+
+def print0(*args):
+    """print on rank 0 only; through tqdm.write so a progress bar is not torn."""
+    if is_master():
+        tqdm.write(" ".join(map(str, args)))
+        sys.stdout.flush()
+
+
+def barrier():
+    """Wait for every rank (no-op without torch.distributed). Call it after rank-0-only work, never
+    inside a rank-0-only block."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def resolve_device(device, local_rank, world_size):
+    """--device auto | '' | cpu | cuda | cuda:N -> "cpu" or "cuda:N"; one clear error when it
+    cannot work. Under torchrun each rank takes cuda:LOCAL_RANK."""
+    if device in ("auto", ""):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise RunError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise RunError(f"--device {device}: no CUDA GPU is visible (torch.cuda.is_available() is False); "
+                       "use --device cpu or auto")
+    if device == "cuda":
+        return f"cuda:{local_rank}"
+    if world_size > 1:
+        raise RunError(f"--device {device} under torchrun: use --device cuda or auto (each rank takes cuda:LOCAL_RANK)")
+    if int(device[5:]) >= torch.cuda.device_count():
+        raise RunError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) visible")
+    return device
+
+
+def setup_runtime(device="auto", seed=None, dtype="auto", amp=True):
+    """Processes, device, dtype and seeds of a stage; prints the device line. Returns a Runtime.
+
+    - Under torchrun (RANK set): torch.distributed with NCCL on GPU, gloo on CPU (so a 2-process
+      run works on a laptop); on GPU torch.cuda.set_device(cuda:LOCAL_RANK) first.
+    - dtype "auto": bf16 where the GPU supports it, else fp32 (CPU, older GPUs); "float32" forces
+      fp32; "bfloat16" is an error where it is not supported. amp=False: no autocast context even
+      with bf16 (a caller that casts by itself, e.g. FSDP mixed precision).
+    - seed: random and torch seeded with it on every rank (identical init); a stage that samples
+      per rank seeds its own generator from (seed, rank).
+    """
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = resolve_device(device, local_rank, world)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    if "RANK" in os.environ and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    if dtype not in ("auto", "float32", "bfloat16"):
+        raise RunError(f"dtype {dtype!r}: expected auto, float32 or bfloat16")
+    supported = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    if dtype == "bfloat16" and not supported:
+        raise RunError(f"bfloat16 asked for, but {device} does not support it; use auto or float32")
+    bf16 = supported and dtype != "float32"
+    if bf16:
+        reason = ("bf16 autocast (the GPU supports it)" if amp else
+                  "bf16 compute set by the caller (e.g. FSDP mixed precision), no autocast")
+        reason += "; fp32 weights, log-probs and losses"
+    else:
+        reason = "fp32 (" + ("asked for" if dtype == "float32" else "CPU: no bf16 autocast" if device == "cpu"
+                             else "this GPU has no bf16") + ")"
+    rt = Runtime(rank=rank, world_size=world, local_rank=local_rank, master=rank == 0, device=device, bf16=bf16,
+                 dtype=torch.bfloat16 if bf16 else torch.float32,
+                 amp=torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and amp else contextlib.nullcontext())
+    if seed is not None:
+        random.seed(seed)
+        torch.manual_seed(seed)
+    print0(f"device {device} x {world} rank(s): {reason}")
+    return rt
+
+
+# -----------------------------------------------------------------------------
+# 4. models, tokenizers, files
+
+def model_source(path, what, hint):
+    """A local directory or a hub id -> the path to pass to from_pretrained.
+
+    Local-looking: starts with . / ~, has two or more slashes (a hub id is `name` or `org/name`),
+    or its first component is an existing directory (models/arith-polcy). Such a path that is not a
+    directory is one clear RunError naming `what` and the `hint` (how to make it). Anything else,
+    e.g. gpt2 or Qwen/Qwen2.5-Math-1.5B-Instruct, is left to the hub.
+    """
+    expanded = os.path.expanduser(path)
+    if os.path.isdir(expanded):
+        return expanded
+    local = path.startswith((".", "/", "~")) or path.count("/") >= 2 or (
+        "/" in path and os.path.isdir(path.split("/")[0]))
+    if local or not path:
+        raise RunError(f"{what} {path!r} not found: {hint}")
+    return path
+
+
+def _load(load, path, what, hint, **kw):
+    try:
+        return load(model_source(path, what, hint), **kw)
+    except (OSError, ValueError) as e:  # ValueError: a malformed hub id, a bad config
+        raise RunError(f"cannot load {what} from {path!r} ({str(e).splitlines()[0]}): {hint}") from None
+
+
+def load_model(path, what="model", hint="pass a checkpoint directory or a hub id", cls=None, **kw):
+    """cls.from_pretrained(path, **kw) (cls default AutoModelForCausalLM) with one-line RunErrors:
+    a missing local path (model_source), or a file / hub id that cannot be loaded (offline, not a
+    checkpoint). Pass dtype= explicitly (torch.float32 for a trained model)."""
+    if cls is None:
+        from transformers import AutoModelForCausalLM as cls
+    return _load(cls.from_pretrained, path, what, hint, **kw)
+
+
+def _tokenizer_from_pretrained(path, **kw):
+    """AutoTokenizer.from_pretrained(path), but a tokenizer saved as TokenizersBackend stays one.
+
+    NOTE: transformers 5 swaps the saved tokenizer class for the model type's own for some model
+    types (qwen2 -> Qwen2Tokenizer). With our character vocabulary that tokenizer's byte-level
+    pre-tokenizer drops every space and newline, so a --arch qwen2 arith checkpoint would read
+    "Q:1+2A:". Hub tokenizers (no local tokenizer_config.json) load unchanged.
+    """
+    from transformers import AutoTokenizer, TokenizersBackend
+
+    cfg_file = os.path.join(str(path), "tokenizer_config.json")
+    saved = None
+    if os.path.isfile(cfg_file):
+        with open(cfg_file) as f:
+            saved = json.load(f).get("tokenizer_class")
+    return (TokenizersBackend if saved == "TokenizersBackend" else AutoTokenizer).from_pretrained(path, **kw)
+
+
+def load_tokenizer(path, what="tokenizer", hint="pass a checkpoint directory or a hub id", **kw):
+    """The tokenizer of a checkpoint (see _tokenizer_from_pretrained), with load_model's errors.
+    Padding side and pad token are left as saved: a caller that pads with the tokenizer sets them."""
+    return _load(_tokenizer_from_pretrained, path, what, hint, **kw)
+
+
+def no_dropout(model):
+    """Dropout p = 0 in every module (train() then changes nothing the forward computes)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0  # NOTE: with dropout on, PPO's first-minibatch ratio would not be 1
+    return model
+
+
+def model_eos_ids(model, tokenizer):
+    """Every token id that ends a response: the tokenizer's EOS and the generation_config's (chat
+    models often list two, e.g. <|im_end|> and <|endoftext|>)."""
+    eos = model.generation_config.eos_token_id
+    ids = {tokenizer.eos_token_id} | set([eos] if isinstance(eos, int) else eos or [])
+    ids.discard(None)
+    return ids
+
+
+def read_jsonl(path):
+    """Rows of a JSONL file, with a clear error naming the file and line on bad JSON."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    return rows
+
+
+# -----------------------------------------------------------------------------
+# 5. generation for the non-PPO stages
+
+class Generation(NamedTuple):
+    tokens: list  # response token ids, EOS included when finished (len = response tokens)
+    finished: bool  # EOS within the budget; False = truncated at max_new_tokens
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts, max_new_tokens, temperature=0.0, *, top_k=0, top_p=1.0,
+             batch_size=64, sort=True, eos_ids=None, desc=None):
+    """One response per prompt with Hugging Face generate: greedy at temperature 0, else sampled
+    from softmax(logits / temperature), the plain softmax, as ppo.py samples.
+
+    NOTE: checkpoints ship sampling defaults (Qwen: top_k=20, top_p=0.8, repetition_penalty=1.05)
+    that generate() silently merges into any config it is given, and generate's own default is
+    top_k=50. Here the model's generation_config is swapped for a clean one during the call, so no
+    top-k, top-p, repetition penalty or min-length applies unless passed here (top_k / top_p).
+
+    prompts: token-id lists, or strings (tokenized without special tokens: build_prompt's chat
+    template already holds them). max_new_tokens: an int, or one budget per prompt. Batches of
+    `batch_size`, left-padded, longest prompts first when `sort` (less padding; sort=False keeps
+    the given order, so the random draws match a plain generate call on the same batch). eos_ids:
+    default model_eos_ids. desc: a tqdm bar on rank 0.
+    Returns a Generation(tokens, finished) per prompt, in the order given; the response ends at its
+    first EOS (kept, the response_mask convention); pad may equal EOS, so pads are never searched.
+    Sets model.eval().
+    """
+    from transformers import GenerationConfig
+
+    eos = sorted(model_eos_ids(model, tokenizer) if eos_ids is None else eos_ids)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p) for p in prompts]
+    budgets = [max_new_tokens] * len(ids) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    sampling = (dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p) if temperature > 0
+                else dict(do_sample=False))
+    device = next(model.parameters()).device
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i])) if sort else list(range(len(ids)))
+    out = [None] * len(ids)
+    saved, model.generation_config = model.generation_config, GenerationConfig(pad_token_id=pad_id, eos_token_id=eos)
+    model.eval()
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=desc is None or not is_master()):
+            idx = order[start:start + batch_size]
+            P = max(len(ids[i]) for i in idx)
+            x = torch.full((len(idx), P), pad_id, dtype=torch.long)  # (B, P)
+            attn = torch.zeros((len(idx), P), dtype=torch.long)  # (B, P)
+            for row, i in enumerate(idx):
+                x[row, P - len(ids[i]):] = torch.tensor(ids[i], dtype=torch.long)
+                attn[row, P - len(ids[i]):] = 1
+            cfg = GenerationConfig(max_new_tokens=max(budgets[i] for i in idx), pad_token_id=pad_id,
+                                   eos_token_id=eos, **sampling)
+            seq = model.generate(input_ids=x.to(device), attention_mask=attn.to(device), generation_config=cfg)
+            for row, i in enumerate(idx):
+                toks = seq[row, P:P + budgets[i]].tolist()  # (T,) pad after EOS
+                end = next((t for t, tok in enumerate(toks) if tok in eos), None)
+                out[i] = Generation(toks, False) if end is None else Generation(toks[:end + 1], True)
+    finally:
+        model.generation_config = saved
+    return out
+
+
+# -----------------------------------------------------------------------------
+# 6. logging: out_dir/metrics.jsonl, optional wandb
+
+class MetricsLogger:
+    """One JSON object per line in out_dir/metrics.jsonl (plots and tests read it), mirrored to
+    wandb when a project is given. Only rank 0 writes; the other ranks' log() does nothing.
+
+    resume_step=None starts a fresh file (append=True keeps the rows already there); an int keeps
+    the rows with step <= resume_step (and rows without a step), drops the rest and a torn last
+    line, and rewrites the file atomically (temp file + os.replace: a crash leaves the old file).
+    """
+
+    def __init__(self, out_dir, resume_step=None, wandb_project=None, config=None, append=False, master=None):
+        self.master = is_master() if master is None else master
+        self.path, self.wandb = os.path.join(out_dir, "metrics.jsonl"), None
+        if not self.master:
+            return
+        os.makedirs(out_dir, exist_ok=True)
+        if resume_step is not None or not append:
+            kept = self._rows_up_to(resume_step) if resume_step is not None else []
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+            os.replace(tmp, self.path)
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                raise RunError("--wandb needs the wandb package (pip install wandb), or leave --wandb empty") from None
+            if dataclasses.is_dataclass(config):
+                config = dataclasses.asdict(config)
+            wandb.init(project=wandb_project, config=config, resume="allow")
+            self.wandb = wandb
+
+    def _rows_up_to(self, step):
+        if not os.path.exists(self.path):
+            return []
+        kept = []
+        with open(self.path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.endswith("\n"):  # torn by a crash mid-write
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    raise RunError(f"{self.path}:{lineno}: not valid JSON; fix or delete the file") from None
+                if not isinstance(row.get("step"), (int, float)) or row["step"] <= step:
+                    kept.append(line)
+        return kept
+
+    def log(self, row, echo=False):
+        """Append `row` (a flat dict; "step" is wandb's x axis when present). echo: also print it as
+        key=value on rank 0."""
+        if echo:
+            print0(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        if not self.master:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.wandb:
+            self.wandb.log(row, step=row.get("step"))
+
+    def close(self):
+        if self.wandb:
+            self.wandb.finish()
+            self.wandb = None
