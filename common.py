@@ -13,7 +13,8 @@ common.py: no algorithm lives here, only what would otherwise be copied into eac
      device, bf16 / dtype / amp with the reason printed); torch.distributed with NCCL on GPU and gloo
      on CPU under torchrun. `print0`, `barrier`.
   4. Models: `model_source`, `load_model`, `load_tokenizer` (a local dir or a hub id, one clear error
-     either way), `no_dropout`, `model_eos_ids`, `read_jsonl`.
+     either way), `no_dropout`, `model_eos_ids`. Data: `read_jsonl`, `DATASETS` / `resolve_dataset` /
+     `load_problems` (data/<name>/<split>.jsonl or a path), `build_prompt` (every stage's prompt).
   5. Generation for the non-PPO stages (SFT eval, evaluation, PRM labeling): `generate`, batched,
      left-padded, plain softmax at a temperature or greedy, the checkpoint's sampling defaults off.
   6. Logging: `MetricsLogger` appends one JSON row per line to out_dir/metrics.jsonl (trimmed to the
@@ -275,7 +276,7 @@ def setup_runtime(device="auto", seed=None, dtype="auto", amp=True):
 
 
 # -----------------------------------------------------------------------------
-# 4. models, tokenizers, files
+# 4. models, tokenizers, data files, prompts
 
 def model_source(path, what, hint):
     """A local directory or a hub id -> the path to pass to from_pretrained.
@@ -364,6 +365,61 @@ def read_jsonl(path):
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
     return rows
+
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+DATASETS = ("arith", "gsm8k", "math", "math500")
+
+
+def resolve_dataset(name_or_path, split="test"):
+    """A dataset name (arith, gsm8k, math, math500 -> data/<name>/<split>.jsonl) or a .jsonl path."""
+    if name_or_path in DATASETS:
+        path = os.path.join(DATA_DIR, name_or_path, f"{split}.jsonl")
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path} does not exist: run `python data/{name_or_path}/prepare.py` first "
+                f"(accepted dataset names: {', '.join(DATASETS)}, or a path to a .jsonl file)")
+        return path
+    if os.path.exists(name_or_path):
+        return name_or_path
+    raise FileNotFoundError(f"unknown dataset {name_or_path!r}: expected one of "
+                            f"{', '.join(DATASETS)} or an existing .jsonl path")
+
+
+def load_problems(name_or_path, split="test", limit=None):
+    """Problems as dicts with at least `question` and `answer` (the gold final answer).
+
+    Reads the project schema (question / solution / answer) written by data/*/prepare.py; raw
+    MATH rows (`problem`) and raw GSM8K rows (answer ending in `#### N`) are accepted too.
+    A row without a question or a gold answer is an error naming the file and line.
+    """
+    path = resolve_dataset(name_or_path, split)
+    rows = read_jsonl(path)
+    out = []
+    for lineno, row in enumerate(rows, 1):
+        question = row.get("question", row.get("problem"))
+        answer = row.get("answer")
+        if isinstance(answer, str) and "####" in answer:  # raw GSM8K: the gold follows ####
+            answer = answer.rsplit("####", 1)[1].strip().replace(",", "")
+        if not isinstance(question, str) or not question.strip() or answer in (None, ""):
+            raise ValueError(f"{path}: row {lineno} has no question or no gold answer "
+                             "(expected keys question/problem and answer)")
+        out.append({**row, "question": question, "answer": str(answer)})
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def build_prompt(tokenizer, question):
+    """The prompt text for a question: the tokenizer's chat template with a generation prompt.
+
+    NOTE: every stage (SFT, PPO, PRM labeling, evaluation) builds prompts through this one function,
+    so the policy always sees the format it was trained on.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    return f"Question: {question}\nAnswer: "
 
 
 # -----------------------------------------------------------------------------

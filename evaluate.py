@@ -2,23 +2,24 @@
 Evaluate a policy on arith / GSM8K / MATH the way the paper reports it (METHOD §6): greedy accuracy,
 sampling accuracy at temperature 1.0, pass@k, maj@k, best-of-N reranked by a PRM or an ORM (the
 "reward models are strong at inference time" half of the paper), and the reward-hacking
-diagnostics (response length, steps per response, repeated steps). A second mode draws training
-curves from ppo.py's metrics.jsonl files side by side.
+diagnostics (response length, steps per response, repeated steps).
 
 Algorithm (the numbers match comments in the code)
-  1. Load problems with rewards.load_problems (arith, gsm8k, math, math500 or a .jsonl path) and
-     build every prompt with rewards.build_prompt. Under torchrun each rank takes problems[rank::W].
-  2. Generate, batched with left padding, sorted by prompt length: one greedy response per
-     problem and n samples at --temperature (plain softmax: no top-k, no repetition penalty).
-  3. Grade every response: rewards.extract_answer for the answer, rewards.grade_batch (is_correct,
-     optionally in worker processes) for correctness. A truncated response (no EOS within
-     --max-new-tokens) is incorrect (METHOD §4); a response whose grading raises is incorrect and
-     counted in `grading_errors`; nothing crashes the run.
+  1. Load problems with common.load_problems (arith, gsm8k, math, math500 or a .jsonl path) and
+     build every prompt with common.build_prompt. Under torchrun each rank takes problems[rank::W].
+  2. Generate with common.generate (batched, left-padded, longest prompts first): one greedy
+     response per problem and n samples at --temperature (plain softmax: no top-k, no repetition
+     penalty, whatever the checkpoint's generation_config says).
+  3. Grade every response with rewards.success_rewards (grading.py extracts and compares, optionally
+     in worker processes): a truncated response (no EOS within --max-new-tokens) is incorrect
+     (METHOD §4); a response whose grading raises is incorrect and counted in `grading_errors`;
+     nothing crashes the run.
   4. Diagnostics per response: tokens (EOS included), steps (rewards.split_steps), repeated steps
-     (identical, after whitespace normalisation, to an earlier step of the same response),
-     truncated, no extractable answer.
-  5. Optional reward models (--prm, --orm, via rewards.load_reward_model): score every response,
-     batched, one forward per response. A PRM gives one value per step, an ORM one value.
+     (rewards.repeated_steps: identical, after whitespace normalisation, to an earlier step of the
+     same response), truncated, no extractable answer (grading.extract_answer).
+  5. Optional reward models (--prm, --orm, via rewards.load_reward_model): score every response with
+     rewards.score_responses (batched, one forward per response). A PRM gives one value per step,
+     an ORM one value.
   6. Gather on rank 0 and aggregate:
        greedy_accuracy     mean over problems of the greedy response's correctness
        sampling_accuracy   mean over problems and the n samples
@@ -30,9 +31,7 @@ Algorithm (the numbers match comments in the code)
   7. Print a table; write OUT_DIR/results.json (every figure and the config) and
      OUT_DIR/samples.jsonl (one line per response: question, response, extracted answer, correct,
      PRM step scores, ORM score, diagnostics).
-  P. Plot mode (--plot A/metrics.jsonl B/metrics.jsonl): reward, accuracy, response tokens, steps
-     per response and repeated-step fraction vs step, one panel per key that exists, one line per
-     run labelled by its directory -> OUT_DIR/curves.png.
+Training curves (the former plot mode) are drawn by scripts/plot.py from metrics.jsonl files.
 
 Decisions (not in the paper)
   - maj@k votes on the extracted answer with whitespace removed; truncated responses and responses
@@ -40,19 +39,18 @@ Decisions (not in the paper)
     the most votes, the one voted first (lowest sample index) wins.
   - best-of-N: ties go to the earliest sample; a response with no steps scores -inf.
   - The headline diagnostics (mean_response_tokens, ...) are over the greedy responses (the
-    samples with --greedy false); the same figures over the samples are the sampling_* keys.
+    samples with --no-greedy); the same figures over the samples are the sampling_* keys.
 
 Commands
-  CPU smoke run:  python evaluate.py --policy models/arith-policy --limit 50 --samples 4
+  CPU smoke run:  python evaluate.py --policy models/arith-policy --eval-limit 50 --samples 4
   Best-of-N:      python evaluate.py --policy models/arith-policy --samples 8 \\
                       --prm models/arith-prm --orm models/arith-orm --out-dir out/eval-bon
   One GPU:        python evaluate.py --policy Qwen/Qwen2-1.5B-Instruct --dataset math500 \\
                       --samples 8 --max-new-tokens 1024 --out-dir out/eval-math500
   8 GPUs:         torchrun --nproc_per_node=8 evaluate.py --policy Qwen/Qwen2-1.5B-Instruct \\
-                      --dataset math --samples 8 --max-new-tokens 1024 --grade-processes 4 \\
+                      --dataset math --samples 8 --max-new-tokens 1024 --grade-workers 4 \\
                       --prm peiyi9979/math-shepherd-mistral-7b-prm --step-tag "ки"
-  Plots:          python evaluate.py --plot runs/prm/metrics.jsonl runs/clip_delta/metrics.jsonl \\
-                      --out-dir out/plots
+  Curves:         python scripts/plot.py runs/prm runs/clip_delta --out out/curves.png
 
 Sampling is reproducible for a fixed --seed, --batch-size and process count (not bit-exact across
 GPU kernels or bf16).
@@ -66,89 +64,56 @@ Shapes: B sequences in a generate batch, P prompt tokens (left-padded), T genera
 n samples per problem, K steps of a response.
 """
 
-import argparse
 import json
 import math
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+import common
+import grading
 import rewards
+from common import field, print0
 
-
-def opt(default, help):
-    """A Config field with its --help text (lists get a fresh default per instance)."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+PRM_AGGS = ("min", "product", "last")
 
 
 @dataclass
 class Config:
     # policy and data
-    policy: str = opt("models/arith-policy", "policy: checkpoint directory or hub id")
-    dataset: str = opt("arith", f"one of {', '.join(rewards.DATASETS)}, or a path to a .jsonl file")
-    split: str = opt("test", "split of a named dataset (data/<name>/<split>.jsonl)")
-    limit: int = opt(0, "evaluate the first N problems only (0 = all)")
+    policy: str = field("models/arith-policy", "policy: checkpoint directory or hub id")
+    dataset: str = field("arith", f"one of {', '.join(common.DATASETS)}, or a path to a .jsonl file")
+    split: str = field("test", "split of a named dataset (data/<name>/<split>.jsonl)")
+    eval_limit: int = field(0, "evaluate the first N problems only (0 = all)")
     # generation
-    greedy: bool = opt(True, "decode one greedy response per problem (--greedy false to skip)")
-    samples: int = opt(8, "n samples per problem at --temperature (0 = none); pass@k / maj@k use them")
-    temperature: float = opt(1.0, "sampling temperature (the paper's sampling accuracy uses 1.0)")
-    top_p: float = opt(1.0, "nucleus sampling threshold (1.0 = off)")
-    max_new_tokens: int = opt(512, "generation length limit in tokens; hitting it = truncated")
-    batch_size: int = opt(256, "sequences per generate() call (per rank); larger amortises CPU overhead")
+    greedy: bool = field(True, "decode one greedy response per problem (--no-greedy to skip)")
+    samples: int = field(8, "n samples per problem at --temperature (0 = none); pass@k / maj@k use them")
+    temperature: float = field(1.0, "sampling temperature (the paper's sampling accuracy uses 1.0)")
+    top_p: float = field(1.0, "nucleus sampling threshold (1.0 = off)")
+    max_new_tokens: int = field(512, "generation length limit in tokens; hitting it = truncated")
+    batch_size: int = field(256, "sequences per generate() call (per rank); larger amortises CPU overhead")
     # reward models (best-of-N)
-    prm: str = opt("", "PRM checkpoint dir or hub id for best-of-N ('' = none)")
-    orm: str = opt("", "ORM checkpoint dir or hub id for best-of-N ('' = none)")
-    prm_agg: str = opt("min", "PRM aggregation for the headline best_of_n_prm: min | product | last")
-    step_tag: str = opt("", "reward-model step tag ('' = the tag saved with our checkpoints)")
-    pos_token: str = opt("+", "reward-model positive label token")
-    neg_token: str = opt("-", "reward-model negative label token")
-    rm_batch_size: int = opt(16, "responses per reward-model score() call")
-    grade_processes: int = opt(1, "grading worker processes per rank (1 = serial; MATH: a few per rank)")
+    prm: str = field("", "PRM checkpoint dir or hub id for best-of-N ('' = none)")
+    orm: str = field("", "ORM checkpoint dir or hub id for best-of-N ('' = none)")
+    prm_agg: str = field("min", "PRM aggregation for the headline best_of_n_prm", choices=PRM_AGGS)
+    step_tag: str = field("", "reward-model step tag ('' = the tag saved with our checkpoints)")
+    pos_token: str = field("+", "reward-model positive label token")
+    neg_token: str = field("-", "reward-model negative label token")
+    rm_batch_size: int = field(16, "responses per reward-model forward")
+    grade_workers: int = field(1, "grading worker processes per rank (1 = serial; MATH: a few per rank)")
     # runtime and output
-    out_dir: str = opt("out/eval", "where results.json / samples.jsonl / curves.png go")
-    seed: int = opt(0, "sampling seed (rank r uses seed + r)")
-    device: str = opt("", "cpu | cuda | cuda:N ('' = auto)")
-    # plot mode
-    plot: list = opt([], "plot mode: metrics.jsonl files (or run dirs) to draw side by side")
-    plot_smooth: int = opt(1, "plot mode: moving-average window in steps (1 = raw)")
-
-
-def parse_bool(s):
-    if s.lower() in ("1", "true", "yes"):
-        return True
-    if s.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
-
-
-def parse_config(argv=None):
-    """Config fields -> --flag value options (underscores -> dashes); unknown flags are errors."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = Config()
-    for f in fields(Config):
-        flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
-        helptext = f"{f.metadata['help']} (default: {default!r})"
-        if f.type is bool:  # --flag, --flag true, --flag false (as in sft.py)
-            p.add_argument(flag, type=parse_bool, nargs="?", const=True, default=default, help=helptext)
-        elif f.type is list:
-            p.add_argument(flag, nargs="+", default=default, metavar="PATH", help=helptext)
-        else:
-            p.add_argument(flag, type=f.type, default=default, help=helptext)
-    return Config(**vars(p.parse_args(argv)))
+    out_dir: str = field("out/eval", "where results.json and samples.jsonl go")
+    seed: int = field(0, "sampling seed (rank r uses seed + r)")
+    device: str = field("auto", "auto | cpu | cuda | cuda:N")
 
 
 # -----------------------------------------------------------------------------
 # Pure helpers (unit-tested against brute force in test_evaluate.py)
-
-PRM_AGGS = ("min", "product", "last")
-
 
 def pass_at_k(n, c, k):
     """Unbiased pass@k (Chen et al. 2021, eq. 1): 1 - C(n-c, k) / C(n, k), n samples, c correct.
@@ -194,21 +159,6 @@ def maj_at_k(answers, correct, k):
         w = majority_vote(answers[start:start + k])
         hits.append(0.0 if w is None else float(correct[start + w]))
     return sum(hits) / len(hits)
-
-
-def normalize_step(step):
-    """Whitespace-normalised step text: runs of whitespace collapse to one space."""
-    return " ".join(step.split())
-
-
-def repeated_step_count(steps):
-    """How many steps are identical (after whitespace normalisation) to an earlier step."""
-    seen, repeated = set(), 0
-    for s in steps:
-        key = normalize_step(s)
-        repeated += key in seen
-        seen.add(key)
-    return repeated
 
 
 def aggregate_prm(step_scores, how):
@@ -286,42 +236,56 @@ def summarize(records, prm_agg="min"):
 
 
 # -----------------------------------------------------------------------------
-# Generation, grading, reward-model scoring
+# Stages (main runs them in order; the numbers are the docstring's)
 
-@torch.no_grad()
-def generate(model, prompt_ids, *, do_sample, temperature, top_p, max_new_tokens, batch_size,
-             pad_id, eos_ids, desc="generate", disable=False):
-    """Responses for a list of tokenized prompts: list of (token ids, EOS included; truncated).
+MODEL_HINT = ("a checkpoint directory (models/arith-policy comes from sft.py, models/arith-prm and "
+              "models/arith-orm from prm_train.py) or a hub id")
 
-    Prompts are sorted by length so a batch holds similar lengths, then left-padded (generation
-    appends on the right, so every row's last prompt token sits at the same position).
-    """
-    from transformers import GenerationConfig
 
-    gen_cfg = GenerationConfig(do_sample=do_sample, max_new_tokens=max_new_tokens,
-                               pad_token_id=pad_id, eos_token_id=sorted(eos_ids),
-                               **(dict(temperature=temperature, top_p=top_p, top_k=0,
-                                       repetition_penalty=1.0) if do_sample else {}))
-    device = next(model.parameters()).device
-    order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
-    out = [None] * len(prompt_ids)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=disable):
-        idx = order[start:start + batch_size]
-        P = max(len(prompt_ids[i]) for i in idx)
-        ids = torch.full((len(idx), P), pad_id, dtype=torch.long)  # (B, P)
-        attn = torch.zeros((len(idx), P), dtype=torch.long)  # (B, P)
-        for row, i in enumerate(idx):
-            ids[row, P - len(prompt_ids[i]):] = torch.tensor(prompt_ids[i])
-            attn[row, P - len(prompt_ids[i]):] = 1
-        seq = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
-                             generation_config=gen_cfg)  # (B, P + T)
-        for row, i in enumerate(idx):
-            toks = seq[row, P:].tolist()  # (T,)
-            # NOTE: the response ends at the first EOS (kept, per the response_mask convention);
-            # what follows is padding, and pad may equal EOS, so we never look for pad ids.
-            end = next((t for t, tok in enumerate(toks) if tok in eos_ids), None)
-            out[i] = (toks, True) if end is None else (toks[:end + 1], False)
-    return out
+def check_inputs(cfg):
+    """Bad settings and paths fail here, before any model is loaded or any token generated."""
+    if cfg.samples < 0 or (cfg.samples == 0 and not cfg.greedy):
+        raise common.RunError("nothing to do: need --greedy or --samples >= 1")
+    if (cfg.prm or cfg.orm) and cfg.samples < 1:
+        raise common.RunError("best-of-N with --prm/--orm needs --samples >= 1")
+    try:
+        common.resolve_dataset(cfg.dataset, cfg.split)
+    except FileNotFoundError as e:
+        raise common.RunError(str(e)) from None
+    for flag, path in (("--policy", cfg.policy), ("--prm", cfg.prm), ("--orm", cfg.orm)):
+        if path:
+            common.model_source(path, flag, MODEL_HINT)  # a missing local directory is a RunError
+
+
+def load_problems(cfg):
+    """Step 1: the problems of --dataset / --split (the first --eval-limit of them)."""
+    try:
+        problems = common.load_problems(cfg.dataset, cfg.split, cfg.eval_limit or None)
+    except (FileNotFoundError, ValueError) as e:
+        raise common.RunError(str(e)) from None
+    if not problems:
+        raise common.RunError(f"no problems in {cfg.dataset!r} (split {cfg.split})")
+    return problems
+
+
+def generate_responses(model, tok, questions, cfg):
+    """Step 2: the greedy responses, then cfg.samples per question at cfg.temperature.
+    Returns (jobs, generations): jobs[i] = (question index, "greedy" | "sample", sample index)."""
+    # NOTE: build_prompt already applied the chat template (BOS included where the template has
+    # one); common.generate tokenizes prompt strings without adding special tokens a second time.
+    # Its default sort (longest prompts first) is the order evaluate.py has always batched in, so a
+    # seed gives the same samples as before.
+    prompts = [common.build_prompt(tok, q) for q in questions]
+    jobs, gens = [], []
+    if cfg.greedy:
+        jobs += [(i, "greedy", 0) for i in range(len(prompts))]
+        gens += common.generate(model, tok, prompts, cfg.max_new_tokens, batch_size=cfg.batch_size, desc="greedy")
+    if cfg.samples:
+        jobs += [(i, "sample", j) for i in range(len(prompts)) for j in range(cfg.samples)]
+        gens += common.generate(model, tok, [p for p in prompts for _ in range(cfg.samples)], cfg.max_new_tokens,
+                                cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
+                                desc=f"sample x{cfg.samples}")
+    return jobs, gens
 
 
 def measure(response, truncated, n_tokens):
@@ -329,184 +293,89 @@ def measure(response, truncated, n_tokens):
     rec = {"response": response, "answer": None, "correct": False, "truncated": truncated,
            "response_tokens": n_tokens, "grading_error": None}
     try:
-        rec["answer"] = rewards.extract_answer(response)
+        rec["answer"] = grading.extract_answer(response)
     except Exception as e:  # untrusted text: a failure is a response without an answer, counted
         rec["grading_error"] = f"extract_answer: {type(e).__name__}: {e}"
     steps = rewards.split_steps(response)
-    rec["steps"], rec["repeated_steps"] = len(steps), repeated_step_count(steps)
+    rec["steps"], rec["repeated_steps"] = len(steps), rewards.repeated_steps(steps)
     return rec
 
 
-def response_records(jobs, gen, problems, tok):
+def response_records(jobs, gens, problems, tok):
     """One ungraded record per generated sequence: jobs[i] = (problem index, kind, sample index),
-    gen[i] = (token ids, truncated) from generate. response_tokens counts the EOS of a finished
+    gens[i] = the common.Generation of that sequence. response_tokens counts the EOS of a finished
     response (the response_mask convention) and is max_new_tokens for a truncated one."""
     records = []
-    for (i, kind, j), (toks, truncated) in zip(jobs, gen):
+    for (i, kind, j), g in zip(jobs, gens):
         rec = {"problem": i, "kind": kind, "sample": j, "question": problems[i]["question"],
                "gold": problems[i]["answer"]}
-        rec.update(measure(tok.decode(toks, skip_special_tokens=True), truncated, len(toks)))
+        rec.update(measure(tok.decode(g.tokens, skip_special_tokens=True), not g.finished, len(g.tokens)))
         records.append(rec)
     return records
 
 
-def grade(records, processes=1, chunk=512, disable=False):
-    """Set rec["correct"] on every record (step 3), with rewards.grade_batch in chunks.
+def _grade_one(r):
+    try:
+        return rewards.success_rewards([r["response"]], [r["gold"]], [not r["truncated"]])[0]
+    except Exception as e:  # noqa: BLE001 -- a bad gold or untrusted text: counted, never a crash
+        r["grading_error"] = f"is_correct: {type(e).__name__}: {e}"
+        return 0.0
 
-    NOTE: a truncated response is incorrect whatever it contains (METHOD §4) and is not graded.
-    grade_batch raises only on a gold it cannot parse; that chunk is then graded one by one and
-    each failure is an incorrect response with its `grading_error` set, so the run goes on.
+
+def grade(records, workers=1, chunk=512):
+    """Step 3: rec["correct"] on every record, from rewards.success_rewards in chunks.
+
+    NOTE: success_rewards owns the truncation rule: a truncated response is incorrect whatever it
+    contains and is not graded (METHOD §4). It raises only on a gold it cannot parse; that chunk is
+    then graded one by one and each failure is an incorrect response with its `grading_error` set.
     """
-    todo = [r for r in records if not r["truncated"] and r["grading_error"] is None]
-    for start in tqdm(range(0, len(todo), chunk), desc="grade", disable=disable):
+    todo = [r for r in records if r["grading_error"] is None]
+    for start in tqdm(range(0, len(todo), chunk), desc="grade", disable=not common.is_master()):
         part = todo[start:start + chunk]
         try:
-            ok = rewards.grade_batch([r["response"] for r in part], [r["gold"] for r in part],
-                                     processes=processes)
+            ok = rewards.success_rewards([r["response"] for r in part], [r["gold"] for r in part],
+                                         [not r["truncated"] for r in part], workers=workers)
         except Exception:  # noqa: BLE001 -- fall back to one call per response, errors counted
-            ok = []
-            for r in part:
-                try:
-                    ok.append(bool(rewards.is_correct(r["response"], r["gold"])))
-                except Exception as e:  # noqa: BLE001
-                    r["grading_error"] = f"is_correct: {type(e).__name__}: {e}"
-                    ok.append(False)
+            ok = [_grade_one(r) for r in part]
         for r, c in zip(part, ok):
-            r["correct"] = bool(c)
-
-
-def score_with_reward_model(rm, questions, responses, batch_size, desc, disable=False):
-    """Per response the reward model's list of scores (PRM: one per step, ORM: one); [] when the
-    response has no steps (nothing to score). Longest first so score() batches similar lengths."""
-    out = [[] for _ in responses]
-    todo = sorted((i for i, r in enumerate(responses) if rewards.split_steps(r)),
-                  key=lambda i: -len(responses[i]))
-    for start in tqdm(range(0, len(todo), batch_size), desc=desc, disable=disable):
-        idx = todo[start:start + batch_size]
-        scores = rm.score([questions[i] for i in idx], [responses[i] for i in idx])
-        for i, s in zip(idx, scores):
-            out[i] = [float(x) for x in s]
-    return out
-
-
-def looks_local_and_missing(path):
-    """True for a path meant as a local directory that does not exist: absolute, ./ or ~ paths, or
-    one whose first component is an existing local directory (models/arith-prm). Anything else
-    may be a hub id. Checked before generating, so a typo does not cost a whole run."""
-    if os.path.isdir(path):
-        return False
-    first = path.split("/", 1)[0]
-    return path.startswith(("/", ".", "~")) or ("/" in path and os.path.isdir(first))
+            r["correct"] = c == 1.0
 
 
 def load_reward_model(path, kind, cfg, device):
-    """rewards.load_reward_model with the CLI's tag/token flags; bad paths end the run cleanly."""
-    if not hasattr(rewards, "load_reward_model"):
-        raise SystemExit("evaluate.py: rewards.load_reward_model is not available in this rewards.py")
+    """rewards.load_reward_model with the CLI's tag/token flags; a bad checkpoint is a RunError."""
     try:
         return rewards.load_reward_model(path, kind=kind, step_tag=cfg.step_tag or None,
-                                         pos_token=cfg.pos_token, neg_token=cfg.neg_token,
-                                         device=device)
+                                         pos_token=cfg.pos_token, neg_token=cfg.neg_token, device=device)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"evaluate.py: cannot load the {kind.upper()} {path!r}: {e}")
+        raise common.RunError(f"cannot load the {kind.upper()} {path!r}: {e}") from None
 
 
-# -----------------------------------------------------------------------------
-# Plot mode (step P)
-
-PLOT_PANELS = [  # (title, candidate keys, first one present wins)
-    ("reward", ("reward/total", "reward/mean")),
-    ("accuracy", ("rollout/accuracy", "reward/success", "eval/accuracy")),
-    ("response tokens", ("rollout/response_tokens", "rollout/response_length")),
-    ("steps / response", ("rollout/steps_per_response",)),
-    ("repeated-step fraction", ("rollout/repeated_step_fraction",)),
-    ("truncated fraction", ("rollout/truncated_fraction",)),
-]
-
-
-def read_metrics(path):
-    """Rows of a metrics.jsonl (a run directory means DIR/metrics.jsonl). Lines that are not JSON
-    objects (e.g. a half-written last line of a running job) are skipped with a warning."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "metrics.jsonl")
-    if not os.path.exists(path):
-        raise SystemExit(f"evaluate.py: {path} does not exist (expected a metrics.jsonl from ppo.py)")
-    rows, bad = [], 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                row = None
-            if isinstance(row, dict):
-                rows.append(row)
+def score_with_reward_models(records, cfg, device):
+    """Step 5: rec["prm_step_scores"] (one per step) and rec["orm_score"] on every record, each reward
+    model loaded in turn and batched by rewards.score_responses. A response without steps gets
+    [] and None: it ranks last in best-of-N (the decision above)."""
+    for kind, path in (("prm", cfg.prm), ("orm", cfg.orm)):
+        if not path:
+            continue
+        rm = load_reward_model(path, kind, cfg, device)
+        scores = rewards.score_responses(rm, [r["question"] for r in records], [r["response"] for r in records],
+                                         cfg.rm_batch_size, desc=f"score {kind}")
+        for r, s in zip(records, scores):
+            if kind == "prm":
+                r["prm_step_scores"] = s
             else:
-                bad += 1
-    if bad:
-        print(f"warning: {path}: skipped {bad} line(s) that are not JSON objects")
-    return path, rows
+                r["orm_score"] = s[-1] if s and r["steps"] else None
+        del rm
 
 
-def series(rows, key, smooth=1):
-    """(steps, values) of one metric; x = the `step` key, else the row index; non-numbers skipped."""
-    xs, ys = [], []
-    for i, row in enumerate(rows):
-        v = row.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            xs.append(row.get("step", i))
-            ys.append(float(v))
-    if smooth > 1 and ys:
-        ys = [sum(ys[max(0, j - smooth + 1):j + 1]) / len(ys[max(0, j - smooth + 1):j + 1])
-              for j in range(len(ys))]
-    return xs, ys
+def gather(records, world_size):
+    """Step 6: every rank's records on every rank, in (problem, greedy first, sample) order."""
+    if world_size > 1:
+        parts = [None] * world_size
+        dist.all_gather_object(parts, records)
+        records = [r for part in parts for r in part]
+    return sorted(records, key=lambda r: (r["problem"], r["kind"] != "greedy", r["sample"]))
 
-
-def plot_runs(paths, out_path, smooth=1):
-    """Training curves of several runs side by side; returns the list of keys plotted."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = [read_metrics(p) for p in paths]
-    labels = [os.path.basename(os.path.dirname(os.path.abspath(p))) for p, _ in runs]
-    if len(set(labels)) < len(labels):  # same leaf name: fall back to the full directory
-        labels = [os.path.relpath(os.path.dirname(os.path.abspath(p))) for p, _ in runs]
-    present = set().union(*(row.keys() for _, rows in runs for row in rows)) if runs else set()
-    panels = [(title, next(k for k in keys if k in present)) for title, keys in PLOT_PANELS
-              if any(k in present for k in keys)]
-    used = {k for _, k in panels}
-    extra = [k for k in sorted(present) if k.startswith("reward/") and k not in used]
-    if not panels:  # not a ppo.py log (e.g. sft.py's): plot every metric but step and perf/*
-        extra = [k for k in sorted(present) if k != "step" and not k.startswith("perf/")]
-    panels += [(k, k) for k in extra][:9 - len(panels)]
-    if not panels:
-        raise SystemExit(f"evaluate.py: nothing to plot in {paths} (keys found: {sorted(present)})")
-    cols = min(3, len(panels))
-    rows_n = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4.5 * cols, 3.2 * rows_n), squeeze=False)
-    for ax, (title, key) in zip(axes.flat, panels):
-        for r, (_, rows) in enumerate(runs):
-            xs, ys = series(rows, key, smooth)
-            if xs:  # NOTE: a fixed colour per run, so a run missing a key does not shift the others
-                ax.plot(xs, ys, color=f"C{r % 10}", linewidth=1.2)
-        ax.set_title(f"{title}" if title == key else f"{title} ({key})", fontsize=9)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    handles = [plt.Line2D([], [], color=f"C{r % 10}", label=label) for r, label in enumerate(labels)]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
-    fig.tight_layout(rect=(0, 0.04 + 0.03 * ((len(labels) - 1) // 4), 1, 1))
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
-    return [k for _, k in panels]
-
-
-# -----------------------------------------------------------------------------
-# Main
 
 def print_table(res):
     print(f"{'metric':<34} value")
@@ -517,132 +386,12 @@ def print_table(res):
             print(f"{k:<34} {v}")
 
 
-def main(argv=None):
-    cfg = parse_config(argv)
-    if cfg.plot:  # step P
-        out = os.path.join(cfg.out_dir, "curves.png")
-        keys = plot_runs(cfg.plot, out, cfg.plot_smooth)
-        print(f"wrote {out} ({', '.join(keys)})")
-        return
-    if cfg.prm_agg not in PRM_AGGS:
-        raise SystemExit(f"evaluate.py: --prm-agg must be one of {', '.join(PRM_AGGS)}, got {cfg.prm_agg!r}")
-    if cfg.samples < 0 or (cfg.samples == 0 and not cfg.greedy):
-        raise SystemExit("evaluate.py: nothing to do: need --greedy or --samples >= 1")
-    if (cfg.prm or cfg.orm) and cfg.samples < 1:
-        raise SystemExit("evaluate.py: best-of-N with --prm/--orm needs --samples >= 1")
-    try:  # bad input fails here, before any model is loaded
-        rewards.resolve_dataset(cfg.dataset, cfg.split)
-    except FileNotFoundError as e:
-        raise SystemExit(f"evaluate.py: {e}")
-    for flag, path in (("--policy", cfg.policy), ("--prm", cfg.prm), ("--orm", cfg.orm)):
-        if path and looks_local_and_missing(path):
-            raise SystemExit(f"evaluate.py: {flag} {path}: no such directory (models/arith-policy "
-                             "comes from sft.py, models/arith-prm and arith-orm from prm_train.py)")
-
-    # setup: ranks, device, dtype (same boilerplate as the other stages)
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    master = rank == 0
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if world > 1:
-        if device.startswith("cuda"):
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    torch.manual_seed(cfg.seed + rank)
-    print0 = print if master else (lambda *a, **k: None)
-    print0(f"config: {json.dumps(asdict(cfg))}")
-    print0(f"device {device}, {world} process(es), dtype {dtype} "
-           f"({'bf16 supported' if bf16 else 'fp32: no bf16-capable GPU'})")
-    t0 = time.time()
-
-    # 1. problems and prompts
-    try:
-        problems = rewards.load_problems(cfg.dataset, cfg.split, cfg.limit or None)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"evaluate.py: {e}")
-    if not problems:
-        raise SystemExit(f"evaluate.py: no problems in {cfg.dataset!r} (split {cfg.split})")
-    from transformers import AutoModelForCausalLM, GenerationConfig
-    try:
-        tok = rewards.load_tokenizer(cfg.policy)
-        model = AutoModelForCausalLM.from_pretrained(cfg.policy, dtype=dtype).to(device).eval()
-    except (OSError, ValueError) as e:  # ValueError: not a directory and not a valid hub id
-        raise SystemExit(f"evaluate.py: cannot load the policy {cfg.policy!r} (a checkpoint "
-                         f"directory, e.g. models/arith-policy from sft.py, or a hub id): {e}")
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    eos = model.generation_config.eos_token_id
-    eos_ids = {tok.eos_token_id} | set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    eos_ids.discard(None)
-    # NOTE: checkpoints ship sampling defaults (Qwen: top_k=20, top_p=0.8, repetition_penalty)
-    # that generate() silently merges into any config we pass; a clean one makes "temperature 1.0"
-    # mean the plain softmax.
-    model.generation_config = GenerationConfig(pad_token_id=pad_id, eos_token_id=sorted(eos_ids))
-    mine = list(range(rank, len(problems), world))
-    # NOTE: build_prompt already applied the chat template (BOS included where the template has
-    # one), so tokenizing must not add special tokens a second time.
-    prompt_ids = [tok(rewards.build_prompt(tok, problems[i]["question"]), add_special_tokens=False).input_ids
-                  for i in mine]
-    print0(f"{len(problems)} problems from {cfg.dataset} ({cfg.split}), policy {cfg.policy}")
-
-    # 2. generation: greedy, then n samples per problem
-    jobs = []  # (problem index, kind, sample index) per generated sequence
-    gen = []
-    gen_kw = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                  batch_size=cfg.batch_size, pad_id=pad_id, eos_ids=eos_ids, disable=not master)
-    t_gen = time.time()
-    if cfg.greedy:
-        jobs += [(i, "greedy", 0) for i in mine]
-        gen += generate(model, prompt_ids, do_sample=False, desc="greedy", **gen_kw)
-    if cfg.samples:
-        jobs += [(i, "sample", j) for i in mine for j in range(cfg.samples)]
-        gen += generate(model, [p for p in prompt_ids for _ in range(cfg.samples)], do_sample=True,
-                        desc=f"sample x{cfg.samples}", **gen_kw)
-    t_gen = time.time() - t_gen
-    del model  # the reward models below get its memory
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-
-    # 3.-4. diagnostics and grading
-    records = response_records(jobs, gen, problems, tok)
-    grade(records, cfg.grade_processes, disable=not master)
-
-    # 5. reward models: every response scored (best-of-N uses the samples)
-    for kind, path in (("prm", cfg.prm), ("orm", cfg.orm)):
-        if not path:
-            continue
-        rm = load_reward_model(path, kind, cfg, device)
-        scores = score_with_reward_model(rm, [r["question"] for r in records], [r["response"] for r in records],
-                                         cfg.rm_batch_size, desc=f"score {kind}", disable=not master)
-        for r, s in zip(records, scores):
-            if kind == "prm":
-                r["prm_step_scores"] = s
-            else:
-                r["orm_score"] = s[-1] if s else None  # None: no steps, ranks last
-        del rm
-
-    # 6. gather on rank 0 and aggregate
-    if world > 1:
-        parts = [None] * world
-        dist.all_gather_object(parts, records)
-        records = [r for part in parts for r in part]
-        dist.destroy_process_group()
-    if not master:
-        return
-    records.sort(key=lambda r: (r["problem"], r["kind"] != "greedy", r["sample"]))
-    res = summarize(records, cfg.prm_agg)
-    n_tokens = sum(r["response_tokens"] for r in records)
-    res.update({"perf/generate_seconds": t_gen, "perf/generated_tokens": n_tokens,
-                "perf/tokens_per_second": n_tokens / max(t_gen, 1e-9),
-                "perf/wall_seconds": time.time() - t0, "world_size": world, "device": device,
-                "dataset_path": rewards.resolve_dataset(cfg.dataset, cfg.split), "config": asdict(cfg)})
-
-    # 7. outputs
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
+def write_outputs(out_dir, res, records):
+    """Step 7: results.json, samples.jsonl, the table, two decoded responses, the best-of-N line."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(res, f, indent=2)
-    with open(os.path.join(cfg.out_dir, "samples.jsonl"), "w", encoding="utf-8") as f:
+    with open(os.path.join(out_dir, "samples.jsonl"), "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     print_table(res)
@@ -656,8 +405,57 @@ def main(argv=None):
             f"{k} {res[k]:.4f}" for k in ["best_of_n_prm", "best_of_n_orm", f"maj@{n}", f"pass@{n}",
                                           "sampling_accuracy", "greedy_accuracy"]
             if isinstance(res.get(k), float)))
-    print(f"wrote {cfg.out_dir}/results.json and samples.jsonl ({len(records)} responses)")
+    print(f"wrote {out_dir}/results.json and samples.jsonl ({len(records)} responses)")
+
+
+# -----------------------------------------------------------------------------
+# Main
+
+def main(argv=None):
+    cfg = common.parse_config(Config, argv)
+    check_inputs(cfg)
+    rt = common.setup_runtime(cfg.device, cfg.seed)
+    torch.manual_seed(cfg.seed + rt.rank)  # sampling seeded per rank
+    print0(f"config: {json.dumps(asdict(cfg))}")
+    t0 = time.time()
+
+    # 1. problems (each rank its slice problems[rank::W]) and the policy
+    problems = load_problems(cfg)
+    mine = list(range(rt.rank, len(problems), rt.world_size))
+    tok = common.load_tokenizer(cfg.policy, "--policy tokenizer", MODEL_HINT)
+    model = common.load_model(cfg.policy, "--policy", MODEL_HINT, dtype=rt.dtype).to(rt.device).eval()
+    print0(f"{len(problems)} problems from {cfg.dataset} ({cfg.split}), policy {cfg.policy}")
+
+    # 2. generation: greedy, then n samples per problem
+    t_gen = time.time()
+    jobs, gens = generate_responses(model, tok, [problems[i]["question"] for i in mine], cfg)
+    jobs = [(mine[i], kind, j) for i, kind, j in jobs]  # local question index -> problem index
+    t_gen = time.time() - t_gen
+    del model  # the reward models below get its memory
+    if rt.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+    # 3.-4. grading and diagnostics
+    records = response_records(jobs, gens, problems, tok)
+    grade(records, cfg.grade_workers)
+
+    # 5. reward models: every response scored (best-of-N uses the samples)
+    score_with_reward_models(records, cfg, rt.device)
+
+    # 6. gather on rank 0 and aggregate
+    records = gather(records, rt.world_size)
+    if not rt.master:
+        return
+    res = summarize(records, cfg.prm_agg)
+    n_tokens = sum(r["response_tokens"] for r in records)
+    res.update({"perf/generate_seconds": t_gen, "perf/generated_tokens": n_tokens,
+                "perf/tokens_per_second": n_tokens / max(t_gen, 1e-9),
+                "perf/wall_seconds": time.time() - t0, "world_size": rt.world_size, "device": rt.device,
+                "dataset_path": common.resolve_dataset(cfg.dataset, cfg.split), "config": asdict(cfg)})
+
+    # 7. outputs
+    write_outputs(cfg.out_dir, res, records)
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

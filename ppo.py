@@ -1,4 +1,4 @@
-"""
+r"""
 PPO for math reasoning with the rewards of Gao et al. 2024 (arXiv 2410.15115): the success reward,
 plus an optional learned term from an outcome (ORM) or process (PRM) reward model, with the Clip and
 Delta fixes for PRM reward hacking. Formulas: docs/METHOD.md §1-§3; they live in rewards.py.
@@ -8,15 +8,16 @@ The per-token reward of a response (METHOD §1; k1 KL inside the reward, no KL t
 
 Algorithm (the numbers match comments in the code)
   1. Rollout: `prompts_per_step` training questions (a seeded permutation per epoch; each rank its
-     slice), prompts from rewards.build_prompt, `samples_per_prompt` samples each at `temperature`
+     slice), prompts from common.build_prompt, `samples_per_prompt` samples each at `temperature`
      until EOS or `max_new_tokens`, with our own KV-cached loop over left-padded prompts (finished
      rows leave the batch). Old log-probs, reference log-probs and values: one forward pass each,
      log-probs in fp32.
-  2. Rewards: Correct from rewards.grade_batch, 0 for a truncated response (TRUNCATION below). The
-     learned term (--reward orm | prm | clip | delta | clip_delta) from rewards.load_reward_model
-     (...).score_tokens: P(correct) per step (PRM) or per response (ORM), transformed by
-     rewards.transform_step_rewards, times alpha, placed by rewards.place_rewards on the token
-     holding each step's last character (ORM and Correct: the last token). Then the KL penalty.
+  2. Rewards: Correct from rewards.success_rewards, 0 for a truncated response (TRUNCATION below).
+     The learned term (--reward orm | prm | clip | delta | clip_delta) from
+     rewards.load_reward_model(...).score_tokens: P(correct) per step (PRM) or per response (ORM),
+     transformed by rewards.transform_step_rewards, times alpha, placed by rewards.place_rewards on
+     the token holding each step's last character (ORM and Correct: the last token). Then the KL
+     penalty.
   3. Advantages: a separate critic (AutoModelForTokenClassification with 1 label, initialised from
      the policy with a zero head, or --critic). GAE(gamma, lam) with V = 0 after the last token;
      returns = advantages + values; advantages whitened over the global batch.
@@ -29,6 +30,10 @@ Algorithm (the numbers match comments in the code)
      with their step scores every `sample_every` steps; a checkpoint (HF policy + critic,
      optimizers, RNG, meta.json) every `save_every` steps and at the end. --resume continues from
      it: on CPU, bit-identical to a run that was never stopped.
+
+Where to change what: the algorithm is the section between the ALGORITHM and PLUMBING banners
+(score: the rewards; compute_advantages; ppo_token_losses: the loss). Everything after the PLUMBING
+banner samples, batches, shards, logs and saves, and changes no number.
 
 Decisions (not in the paper)
   - TRUNCATION = "zero-success": a response cut at max_new_tokens ends there with Correct = 0; its
@@ -55,10 +60,10 @@ Commands
           --prompts-per-step 8 --samples-per-prompt 8 --lam 0.95 --no-anneal-lr   # PRM hacking (README)
       torchrun --nproc_per_node=2 ppo.py --fsdp --steps 4 --out-dir out/ppo-fsdp
   One GPU, Qwen2.5-Math-1.5B-Instruct on MATH with a Math-Shepherd PRM:
-      python ppo.py --policy Qwen/Qwen2.5-Math-1.5B-Instruct --dataset math \\
-          --prm peiyi9979/math-shepherd-mistral-7b-prm --prm-step-tag "ки" --max-new-tokens 1024 \\
-          --prompts-per-step 64 --samples-per-prompt 4 --minibatches 4 --micro-batch-size 2 \\
-          --lr 1e-6 --critic-lr 5e-6 --beta 0.05 --grad-ckpt --steps 300 --eval-limit 500 \\
+      python ppo.py --policy Qwen/Qwen2.5-Math-1.5B-Instruct --dataset math \
+          --prm peiyi9979/math-shepherd-mistral-7b-prm --step-tag "ки" --max-new-tokens 1024 \
+          --prompts-per-step 64 --samples-per-prompt 4 --minibatches 4 --micro-batch-size 2 \
+          --lr 1e-6 --critic-lr 5e-6 --beta 0.05 --grad-ckpt --steps 300 --eval-limit 500 \
           --eval-every 25 --save-every 25 --grade-workers 8 --out-dir out/ppo-1.5b
       (1.5B policy + critic with AdamW ~50 GB, the 7B PRM 15 GB: tight on 80 GB; else 2 GPUs + --fsdp)
   8 GPUs, Qwen2.5-Math-7B-Instruct: the same flags with --micro-batch-size 4 and
@@ -72,99 +77,92 @@ Shapes: B rows (responses) on this rank, P prompt tokens (left-padded), T respon
 (right-padded), L = P + T, K steps, V vocabulary.
 """
 
-import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import common
 import rewards
+from common import field, print0
 
-TRUNCATION = "zero-success"  # see Decisions above
+TRUNCATION = "zero-success"  # see Decisions above; the rule itself is rewards.success_rewards
 REWARD_MODES = ("success", "orm", "prm", "clip", "delta", "clip_delta")
 
 
-def opt(default, help):
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
+@dataclasses.dataclass
 class Config:
     # models and data
-    policy: str = opt("models/arith-policy", "starting policy (also the reference): dir or hub id")
-    critic: str = opt("", "critic init: '' = the policy's weights with a zero value head, else a dir")
-    prm: str = opt("models/arith-prm", "PRM dir or hub id (modes prm, clip, delta, clip_delta)")
-    orm: str = opt("models/arith-orm", "ORM dir or hub id (mode orm)")
-    prm_step_tag: str = opt("", "reward-model step tag ('' = saved with our checkpoints; 'ки' Math-Shepherd)")
-    dataset: str = opt("arith", "training questions: arith | gsm8k | math | a .jsonl path (train split)")
-    eval_dataset: str = opt("", "greedy-eval set, test split ('' = --dataset)")
-    eval_limit: int = opt(500, "greedy eval on the first N test problems (0 = none)")
+    policy: str = field("models/arith-policy", "starting policy (also the reference): dir or hub id")
+    critic: str = field("", "critic init: '' = the policy's weights with a zero value head, else a dir")
+    prm: str = field("models/arith-prm", "PRM dir or hub id (modes prm, clip, delta, clip_delta)")
+    orm: str = field("models/arith-orm", "ORM dir or hub id (mode orm)")
+    step_tag: str = field("", "reward-model step tag ('' = saved with our checkpoints; 'ки' Math-Shepherd)")
+    dataset: str = field("arith", "training questions: arith | gsm8k | math | a .jsonl path (train split)")
+    eval_dataset: str = field("", "greedy-eval set, test split ('' = --dataset)")
+    eval_limit: int = field(500, "greedy eval on the first N test problems (0 = none)")
     # reward (METHOD §2)
-    reward: str = opt("clip_delta", f"reward mode: {' | '.join(REWARD_MODES)}")
-    alpha: float = opt(1.0, "weight of the learned reward term")
-    eta: float = opt(0.5, "Clip threshold: min(r - eta, 0)")
-    beta: float = opt(0.02, "KL penalty per token (k1, inside the reward)")
+    reward: str = field("clip_delta", "reward mode (METHOD §2)", choices=REWARD_MODES)
+    alpha: float = field(1.0, "weight of the learned reward term")
+    eta: float = field(0.5, "Clip threshold: min(r - eta, 0)")
+    beta: float = field(0.02, "KL penalty per token (k1, inside the reward)")
     # rollout
-    steps: int = opt(200, "PPO steps (rollout + update)")
-    prompts_per_step: int = opt(64, "questions per step, global (all ranks)")
-    samples_per_prompt: int = opt(1, "samples per question")
-    temperature: float = opt(1.0, "sampling temperature (log-probs use the same one)")
-    max_new_tokens: int = opt(160, "response length limit in tokens; reaching it = truncation")
+    steps: int = field(200, "PPO steps (rollout + update)")
+    prompts_per_step: int = field(64, "questions per step, global (all ranks)")
+    samples_per_prompt: int = field(1, "samples per question")
+    temperature: float = field(1.0, "sampling temperature (log-probs use the same one)")
+    max_new_tokens: int = field(160, "response length limit in tokens; reaching it = truncation")
     # PPO
-    ppo_epochs: int = opt(2, "passes over the rollout batch")
-    minibatches: int = opt(2, "optimizer steps per epoch (global minibatch = batch / minibatches)")
-    micro_batch_size: int = opt(0, "rows per forward/backward per rank (0 = a whole minibatch)")
-    lr: float = opt(3e-5, "policy learning rate (AdamW)")
-    critic_lr: float = opt(1e-3, "critic learning rate")
-    anneal_lr: bool = opt(True, "decay both learning rates linearly to 0 at the last step (cleanrl)")
-    gamma: float = opt(1.0, "discount (1.0 keeps Delta's telescoping exact)")
-    lam: float = opt(1.0, "GAE lambda")
-    cliprange: float = opt(0.2, "policy ratio clip")
-    cliprange_value: float = opt(0.2, "value clip around the rollout values")
-    max_grad_norm: float = opt(1.0, "grad-norm clip per model (0 = off)")
+    ppo_epochs: int = field(2, "passes over the rollout batch")
+    minibatches: int = field(2, "optimizer steps per epoch (global minibatch = batch / minibatches)")
+    micro_batch_size: int = field(0, "rows per forward/backward per rank (0 = a whole minibatch)")
+    lr: float = field(3e-5, "policy learning rate (AdamW)")
+    critic_lr: float = field(1e-3, "critic learning rate")
+    anneal_lr: bool = field(True, "decay both learning rates linearly to 0 at the last step (cleanrl)")
+    gamma: float = field(1.0, "discount (1.0 keeps Delta's telescoping exact)")
+    lam: float = field(1.0, "GAE lambda")
+    cliprange: float = field(0.2, "policy ratio clip")
+    cliprange_value: float = field(0.2, "value clip around the rollout values")
+    max_grad_norm: float = field(1.0, "grad-norm clip per model (0 = off)")
     # runtime
-    seed: int = opt(0, "seed of data order, sampling and minibatches")
-    device: str = opt("auto", "auto | cpu | cuda | cuda:N")
-    fsdp: bool = opt(False, "FSDP2 fully_shard per decoder layer (policy, critic, reference); needs torchrun")
-    grad_ckpt: bool = opt(False, "gradient checkpointing in policy and critic")
-    grade_workers: int = opt(1, "grading processes (1 = serial; MATH: the CPU count)")
-    out_dir: str = opt("out/ppo", "metrics.jsonl and ckpt/ go here")
-    resume: bool = opt(False, "continue from out_dir/ckpt (flags given now override the saved ones)")
-    eval_every: int = opt(50, "steps between greedy evals (0 = start and end only)")
-    save_every: int = opt(50, "steps between checkpoints (0 = end only)")
-    sample_every: int = opt(50, "steps between printed samples (0 = never)")
-    wandb: str = opt("", "wandb project ('' = off)")
+    seed: int = field(0, "seed of data order, sampling and minibatches")
+    device: str = field("auto", "auto | cpu | cuda | cuda:N")
+    fsdp: bool = field(False, "FSDP2 fully_shard per decoder layer (policy, critic, reference); needs torchrun")
+    grad_ckpt: bool = field(False, "gradient checkpointing in policy and critic")
+    grade_workers: int = field(1, "grading processes (1 = serial; MATH: the CPU count)")
+    out_dir: str = field("out/ppo", "metrics.jsonl and ckpt/ go here")
+    resume: bool = field(False, "continue from out_dir/ckpt (flags given now override the saved ones)")
+    eval_every: int = field(50, "steps between greedy evals (0 = start and end only)")
+    save_every: int = field(50, "steps between checkpoints (0 = end only)")
+    sample_every: int = field(50, "steps between printed samples (0 = never)")
+    wandb: str = field("", "wandb project ('' = off)")
 
 
-def parse_config(argv=None):
-    """Config fields -> --flag value options. Returns the Config and the names given explicitly."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(Config):
-        kw = dict(action=argparse.BooleanOptionalAction) if f.type is bool else dict(type=f.type)
-        p.add_argument("--" + f.name.replace("_", "-"), default=f.default,
-                       help=f"{f.metadata['help']} (default: {f.default!r})", **kw)
-    args = p.parse_args(argv)  # NOTE: unknown flags are errors
-    for a in p._actions:  # parse again without defaults: which flags were given (for --resume)
-        a.default = argparse.SUPPRESS
-    return Config(**vars(args)), set(vars(p.parse_args(argv)))
+@dataclasses.dataclass
+class Runtime(common.Runtime):
+    """common.Runtime plus PPO's per-rank sizes, derived once in setup() from the global config."""
+    n_rows: int  # responses per step, all ranks: prompts_per_step x samples_per_prompt
+    prompts: int  # questions per rank
+    B: int  # responses per rank
+    micro: int  # rows per forward / backward on this rank
 
 
-class RunError(Exception):
-    """A user-facing error: printed as one line, no traceback."""
-
-
-# -----------------------------------------------------------------------------
-# pure helpers (unit-tested against naive loops in test_ppo.py)
+# =============================================================================
+# ALGORITHM: what a fork changes (METHOD §1-§3). The rewards (kl_rewards, score: step 2), the
+# advantages (gae, masked_whiten, compute_advantages: step 3) and the loss (ppo_token_losses:
+# step 4). The math helpers are pure and unit-tested against naive loops in test_ppo.py.
+# =============================================================================
 
 def all_sum(t):
     """Sum over ranks (a copy; identity without torch.distributed)."""
@@ -190,6 +188,38 @@ def masked_whiten(x, mask, eps=1e-8, distributed=False):
     return (x - mean) * torch.rsqrt(var + eps) * m
 
 
+def kl_rewards(score_rewards, logp, ref_logp, mask, beta):
+    """Score rewards minus beta * (logp - ref_logp) on every response token (EOS included), 0 on
+    padding. Returns (total (B, T), kl (B, T))."""
+    kl = (logp - ref_logp) * mask
+    return (score_rewards - beta * kl) * mask, kl
+
+
+def score(rm, tok, batch, ro, cfg, step):
+    """2. Success on the last token and the learned term on step ends -> (B, T) score rewards."""
+    t0 = time.time()
+    resp_ids, texts = decode(tok, ro.resp, ro.lengths)
+    try:  # NOTE: the truncation rule (TRUNCATION) lives in success_rewards: unfinished rows get 0
+        success = rewards.success_rewards(texts, [p["answer"] for p in batch], ro.finished.tolist(),
+                                          cfg.grade_workers)
+    except ValueError as e:  # a gold answer the grader cannot parse
+        raise common.RunError(f"step {step}, dataset {cfg.dataset!r}: {e}") from None
+    success = torch.tensor(success, device=ro.mask.device)  # (B,)
+    t1 = time.time()
+    if rm is None:
+        raw = torch.zeros(len(batch), 0, device=ro.mask.device)  # (B, K) with K = 0
+        end_idx, kmask, values = raw.long(), raw.bool(), raw
+    else:
+        raw, end_idx, kmask = (x.to(ro.mask.device) for x in
+                               rm.score_tokens([p["question"] for p in batch], tok, resp_ids))  # (B, K)
+        values = raw if cfg.reward == "orm" else rewards.transform_step_rewards(raw, kmask, cfg.reward, cfg.eta)
+        values = cfg.alpha * values * kmask  # (B, K)
+    steps = [rewards.split_steps(x, rm.step_sep if rm else rewards.DEFAULT_STEP_SEP) for x in texts]
+    return SimpleNamespace(texts=texts, steps=steps, success=success, raw=raw, kmask=kmask, values=values,
+                           token=rewards.place_rewards(values, end_idx, kmask, success, ro.mask),  # (B, T)
+                           perf={"perf/grade_s": t1 - t0, "perf/score_s": time.time() - t1})
+
+
 def gae(rewards_, values, mask, gamma, lam):
     """GAE on right-padded rows, all (B, T); mask is a prefix of each row.
 
@@ -206,26 +236,41 @@ def gae(rewards_, values, mask, gamma, lam):
     return adv, (adv + values) * m
 
 
-def kl_rewards(score_rewards, logp, ref_logp, mask, beta):
-    """Score rewards minus beta * (logp - ref_logp) on every response token (EOS included), 0 on
-    padding. Returns (total (B, T), kl (B, T))."""
-    kl = (logp - ref_logp) * mask
-    return (score_rewards - beta * kl) * mask, kl
+def compute_advantages(token_rewards, values, mask, gamma, lam):
+    """3. GAE, then the advantages whitened over the global batch (all ranks). Returns (advantages,
+    returns), both (B, T); the returns are not whitened (they are the critic's targets)."""
+    adv, returns = gae(token_rewards, values, mask, gamma, lam)  # (B, T)
+    return masked_whiten(adv, mask, distributed=dist.is_initialized()), returns
 
 
 def ppo_token_losses(logp, old_logp, adv, values, old_values, returns, mask, cliprange, cliprange_value):
-    """Per-token clipped policy loss, clipped value loss and diagnostics, all (B, T), 0 off the mask."""
+    """4. Per-token clipped policy loss, clipped value loss and diagnostics, all (B, T), 0 off the
+    mask (the CleanRL formulation)."""
     m = mask.float()
-    ratio = torch.exp(logp - old_logp)
-    clipped = ratio.clamp(1 - cliprange, 1 + cliprange)
-    v_clip = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
-    vf1, vf2 = (values - returns) ** 2, (v_clip - returns) ** 2
-    return {"pg": torch.maximum(-adv * ratio, -adv * clipped) * m, "vf": 0.5 * torch.maximum(vf1, vf2) * m,
-            "clip": (-adv * clipped > -adv * ratio).float() * m, "ratio": ratio * m,
-            # NOTE: old + (v - old) != v in floats: "vf2 > vf1" alone would flip on rounding noise
-            "vclip": ((vf2 > vf1) & ((values - old_values).abs() > cliprange_value)).float() * m,
-            "approx_kl": ((ratio - 1) - (logp - old_logp)) * m}  # k3 estimator
+    ratio = torch.exp(logp - old_logp)  # (B, T) pi / pi_old
+    # policy: the clipped surrogate; the max of the two losses is the min of the two objectives
+    pg_loss1 = -adv * ratio
+    pg_loss2 = -adv * ratio.clamp(1 - cliprange, 1 + cliprange)
+    pg_loss = torch.maximum(pg_loss1, pg_loss2)
+    # value: squared error, clipped around the rollout's values
+    v_loss_unclipped = (values - returns) ** 2
+    v_clipped = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
+    v_loss_clipped = (v_clipped - returns) ** 2
+    v_loss = 0.5 * torch.maximum(v_loss_unclipped, v_loss_clipped)
+    # NOTE: old + (v - old) != v in floats: "clipped > unclipped" alone would flip on rounding noise
+    v_clipfrac = (v_loss_clipped > v_loss_unclipped) & ((values - old_values).abs() > cliprange_value)
+    return {"pg": pg_loss * m, "vf": v_loss * m, "clip": (pg_loss2 > pg_loss1).float() * m,
+            "vclip": v_clipfrac.float() * m, "ratio": ratio * m,
+            "approx_kl": ((ratio - 1) - (logp - old_logp)) * m}  # k3 estimator of KL(pi_old || pi)
 
+
+# =============================================================================
+# PLUMBING: data order, sampling, log-probs, FSDP, the update loop, metrics, checkpoints, setup.
+# It decides which rows go where and in which order; the objective is the section above (the
+# update loop only sums the per-token losses over the global minibatch, step 4). NOTE: the file is
+# ~840 lines, over the 700 of the size guide: the manual (docstring) and Config are 150 of them, and
+# the sampler, FSDP and checkpoint code stay here so that one stage reads top to bottom.
+# =============================================================================
 
 def minibatch_ids(n_prompts, minibatches, samples, gen):
     """The minibatch of every global row. All samples of a prompt share a minibatch (the gradients
@@ -244,47 +289,26 @@ def problem_indices(step, n, n_problems, seed):
     return [int(perms[i // n_problems][i % n_problems]) for i in range(step * n, (step + 1) * n)]
 
 
-def repeated_steps(steps):
-    """Steps identical, after whitespace normalisation, to an earlier step of the same response."""
-    seen, n = set(), 0
-    for s in steps:
-        key = " ".join(s.split())
-        n += key in seen
-        seen.add(key)
-    return n
-
-
 def check_finite(name, t, step):
     """Stop, on every rank together, when t holds NaN or inf."""
     if all_sum((~torch.isfinite(t)).any().float().reshape(1)).item() > 0:
-        raise RunError(f"step {step}: non-finite {name}; stopping (the last checkpoint is left intact)")
+        raise common.RunError(f"step {step}: non-finite {name}; stopping (the last checkpoint is left intact)")
+
+
+def explained_variance(values, returns, mask):
+    """1 - Var[returns - values] / Var[returns] over the valid tokens of all ranks (a diagnostic of
+    the critic: 1 = it predicts the returns, 0 = no better than their mean, < 0 = worse). NaN when
+    the returns are constant, as in CleanRL."""
+    m = mask.float()
+    err = (returns - values) * m  # (B, T)
+    s = all_sum(torch.stack([m.sum(), (returns * m).sum(), err.sum()]))
+    n = s[0].clamp(min=1)
+    ss = all_sum(torch.stack([((returns - s[1] / n) ** 2 * m).sum(), ((err - s[2] / n) ** 2 * m).sum()]))
+    return float("nan") if ss[0] == 0 else (1 - ss[1] / ss[0]).item()
 
 
 # -----------------------------------------------------------------------------
-# models
-
-def model_source(path, what, hint):
-    """A local dir or a hub id; a local-looking path that does not exist is one clear error."""
-    local = path.startswith((".", "/", "~")) or path.count("/") != 1 or os.path.isdir(path.split("/")[0])
-    if local and not os.path.isdir(os.path.expanduser(path)):
-        raise RunError(f"{what} {path!r} not found: {hint}")
-    return os.path.expanduser(path)
-
-
-def load_hf(load, path, what, hint, **kw):
-    """load(path, **kw) (a from_pretrained) with a one-line RunError naming the path on failure."""
-    try:
-        return load(model_source(path, what, hint), **kw)
-    except (OSError, ValueError) as e:
-        raise RunError(f"cannot load {what} from {path!r} ({str(e).splitlines()[0]}): {hint}") from None
-
-
-def no_dropout(model):
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0  # NOTE: with dropout on, the first-minibatch ratio would not be 1
-    return model
-
+# models: FSDP, sampling, log-probs, values
 
 def shard(model, device, bf16):
     """FSDP2: fully_shard every decoder layer, then the root (which moves the shards to `device`)."""
@@ -408,7 +432,7 @@ def batched(fn, n, micro):
 
 
 def encode(tok, questions, device):
-    enc = tok([rewards.build_prompt(tok, q) for q in questions], return_tensors="pt", padding=True,
+    enc = tok([common.build_prompt(tok, q) for q in questions], return_tensors="pt", padding=True,
               add_special_tokens=False)  # the chat template already holds any special tokens
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
@@ -421,7 +445,14 @@ def decode(tok, responses, lengths):
 # -----------------------------------------------------------------------------
 # stages
 
-def rollout(policy, ref, critic, tok, questions, cfg, rt, step):
+def step_batch(problems, step, cfg, rt):
+    """1. This rank's slice of the step's questions, each repeated samples_per_prompt times."""
+    idx = problem_indices(step - 1, cfg.prompts_per_step, len(problems), cfg.seed)
+    idx = idx[rt.rank * rt.prompts:(rt.rank + 1) * rt.prompts]
+    return [problems[i] for i in idx for _ in range(cfg.samples_per_prompt)]
+
+
+def rollout(policy, ref, critic, tok, eos_ids, questions, cfg, rt, step):
     """1. Sample this rank's rows and recompute old / reference log-probs and values."""
     prompt_ids, prompt_mask = encode(tok, questions, rt.device)  # (B, P)
     gen = torch.Generator(device=rt.device).manual_seed(cfg.seed * 1_000_003 + step)
@@ -430,7 +461,7 @@ def rollout(policy, ref, critic, tok, questions, cfg, rt, step):
     t0 = time.time()
     with gathered(policy), rt.amp:
         resp, lengths, finished = sample(policy, prompt_ids, prompt_mask, cfg.max_new_tokens, cfg.temperature,
-                                         rt.eos_ids, tok.pad_token_id, gen, rows, rt.n_rows)  # (B, T)
+                                         eos_ids, tok.pad_token_id, gen, rows, rt.n_rows)  # (B, T)
     t1 = time.time()
     T, P = resp.shape[1], prompt_ids.shape[1]
     mask = torch.arange(T, device=rt.device)[None] < lengths[:, None]  # (B, T) response_mask, EOS included
@@ -444,38 +475,39 @@ def rollout(policy, ref, critic, tok, questions, cfg, rt, step):
                            perf={"perf/generate_s": t1 - t0, "perf/forward_s": time.time() - t1})
 
 
-def score(rm, tok, batch, ro, cfg, step):
-    """2. Success on the last token and the learned term on step ends -> (B, T) score rewards."""
-    t0 = time.time()
-    resp_ids, texts = decode(tok, ro.resp, ro.lengths)
-    try:
-        ok = rewards.grade_batch(texts, [p["answer"] for p in batch], cfg.grade_workers)
-    except ValueError as e:  # a gold answer the grader cannot parse
-        raise RunError(f"step {step}, dataset {cfg.dataset!r}: {e}") from None
-    success = torch.tensor([float(o and f) for o, f in zip(ok, ro.finished.tolist())], device=ro.mask.device)
-    t1 = time.time()
-    if rm is None:
-        raw = torch.zeros(len(batch), 0, device=ro.mask.device)  # (B, K) with K = 0
-        end_idx, kmask, values = raw.long(), raw.bool(), raw
-    else:
-        raw, end_idx, kmask = (x.to(ro.mask.device) for x in
-                               rm.score_tokens([p["question"] for p in batch], tok, resp_ids))  # (B, K)
-        values = raw if cfg.reward == "orm" else rewards.transform_step_rewards(raw, kmask, cfg.reward, cfg.eta)
-        values = cfg.alpha * values * kmask
-    steps = [rewards.split_steps(x, rm.step_sep if rm else rewards.DEFAULT_STEP_SEP) for x in texts]
-    return SimpleNamespace(texts=texts, steps=steps, success=success, raw=raw, kmask=kmask, values=values,
-                           token=rewards.place_rewards(values, end_idx, kmask, success, ro.mask),
-                           perf={"perf/grade_s": t1 - t0, "perf/score_s": time.time() - t1})
+def set_learning_rates(optims, cfg, step):
+    """Linear decay to 0 at the last step (cleanrl's anneal_lr), a function of the step alone (resume-safe)."""
+    frac = 1 - (step - 1) / cfg.steps if cfg.anneal_lr else 1.0
+    for name, lr in (("policy", cfg.lr), ("critic", cfg.critic_lr)):
+        for group in optims[name].param_groups:
+            group["lr"] = lr * frac
+
+
+def optimizer_step(models, optims, cfg, rt):
+    """One step of each model: average the gradients over ranks (plain data parallel; FSDP reduces
+    them itself), clip their norm, step, zero."""
+    for name in ("policy", "critic"):
+        if not cfg.fsdp and rt.world_size > 1:
+            for p in models[name].parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= rt.world_size
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(models[name].parameters(), cfg.max_grad_norm)
+        optims[name].step()
+        optims[name].zero_grad(set_to_none=True)
+
+
+STATS = ("pg_loss", "v_loss", "pg_clipfrac", "v_clipfrac", "approx_kl", "entropy", "ratio", "tokens")
 
 
 def ppo_update(models, optims, ro, adv, returns, cfg, rt, step):
-    """4. PPO epochs over minibatches. Returns global sums of the loss terms and diagnostics."""
+    """4. PPO epochs over minibatches. Returns the global sums of STATS over every token the update
+    saw ({name: 0-d tensor}) and the mean ratio of the first minibatch."""
     policy, critic = models["policy"], models["critic"]
     policy.train(), critic.train()
-    for name, lr in (("policy", cfg.lr), ("critic", cfg.critic_lr)):
-        for group in optims[name].param_groups:  # a function of the step alone (resume-safe)
-            group["lr"] = lr * (1 - (step - 1) / cfg.steps if cfg.anneal_lr else 1.0)
-    stats = torch.zeros(8, device=rt.device)  # pg, vf, clip, vclip, approx_kl, entropy, tokens, ratio
+    set_learning_rates(optims, cfg, step)
+    sums = {k: torch.zeros((), device=rt.device) for k in STATS}
     first_ratio = None
     for epoch in range(cfg.ppo_epochs):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + epoch + 17)
@@ -488,63 +520,60 @@ def ppo_update(models, optims, ro, adv, returns, cfg, rt, step):
                 r = rows[i:i + rt.micro]
                 with rt.amp:
                     logp, ent = policy_logprobs(policy, ro.ids[r], ro.attn[r], ro.P, cfg.temperature, entropy=True)
-                    v = critic_values(critic, ro.ids[r], ro.attn[r], ro.P)
+                    v = critic_values(critic, ro.ids[r], ro.attn[r], ro.P)  # (mb, T) each
                 L = ppo_token_losses(logp, ro.old_logp[r], adv[r], v, ro.values[r], returns[r], ro.mask[r],
                                      cfg.cliprange, cfg.cliprange_value)
                 # NOTE: gradients are averaged over ranks, so world / global count gives the exact
                 # token mean over the global minibatch, whatever the split into ranks and micro-batches
-                loss = (L["pg"].sum() + L["vf"].sum()) * rt.world / n_tok
+                loss = (L["pg"].sum() + L["vf"].sum()) * rt.world_size / n_tok
                 check_finite("loss", loss.detach(), step)
                 loss.backward()
                 with torch.no_grad():
-                    stats += torch.stack([L["pg"].sum(), L["vf"].sum(), L["clip"].sum(), L["vclip"].sum(),
-                                          L["approx_kl"].sum(), (ent * ro.mask[r]).sum(),
-                                          ro.mask[r].sum().float(), L["ratio"].sum()])
+                    for k, x in (("pg_loss", L["pg"]), ("v_loss", L["vf"]), ("pg_clipfrac", L["clip"]),
+                                 ("v_clipfrac", L["vclip"]), ("approx_kl", L["approx_kl"]),
+                                 ("entropy", ent * ro.mask[r]), ("ratio", L["ratio"]), ("tokens", ro.mask[r].float())):
+                        sums[k] += x.sum()
             if first_ratio is None:  # same weights as the rollout: 1 up to float noise
-                first_ratio = (all_sum(stats[7]) / all_sum(stats[6])).item()
-            for name in ("policy", "critic"):
-                if not cfg.fsdp and rt.world > 1:  # plain data parallel: average the gradients
-                    for p in models[name].parameters():
-                        if p.grad is not None:
-                            dist.all_reduce(p.grad)
-                            p.grad /= rt.world
-                if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(models[name].parameters(), cfg.max_grad_norm)
-                optims[name].step()
-                optims[name].zero_grad(set_to_none=True)
-    return all_sum(stats), first_ratio
+                first_ratio = (all_sum(sums["ratio"]) / all_sum(sums["tokens"])).item()
+            optimizer_step(models, optims, cfg, rt)
+    return dict(zip(STATS, all_sum(torch.stack([sums[k] for k in STATS])))), first_ratio
 
 
 @torch.no_grad()
-def greedy_accuracy(policy, tok, problems, cfg, rt):
-    """Greedy accuracy on `problems`, split over ranks; a truncated response is wrong."""
-    mine, correct = problems[rt.rank::rt.world], 0
+def greedy_accuracy(policy, tok, eos_ids, problems, cfg, rt):
+    """Greedy accuracy on `problems`, split over ranks; a truncated response is wrong (success_rewards)."""
+    mine, correct = problems[rt.rank::rt.world_size], 0.0
     policy.eval()
     with gathered(policy), rt.amp:
         for i in range(0, len(mine), rt.B):
             chunk = mine[i:i + rt.B]
             ids, mask = encode(tok, [p["question"] for p in chunk], rt.device)
-            resp, lengths, fin = sample(policy, ids, mask, cfg.max_new_tokens, 0.0, rt.eos_ids, tok.pad_token_id)
-            ok = rewards.grade_batch(decode(tok, resp, lengths)[1], [p["answer"] for p in chunk], cfg.grade_workers)
-            correct += sum(o and f for o, f in zip(ok, fin.tolist()))
-    s = all_sum(torch.tensor([float(correct), float(len(mine))]))
+            resp, lengths, fin = sample(policy, ids, mask, cfg.max_new_tokens, 0.0, eos_ids, tok.pad_token_id)
+            correct += sum(rewards.success_rewards(decode(tok, resp, lengths)[1], [p["answer"] for p in chunk],
+                                                   fin.tolist(), cfg.grade_workers))
+    s = all_sum(torch.tensor([correct, float(len(mine))], device=rt.device))
     return (s[0] / s[1].clamp(min=1)).item()
 
 
-def step_metrics(step, ro, sc, token_rewards, kl, stats, first_ratio, cfg, rt):
+def step_metrics(step, ro, sc, token_rewards, kl, returns, stats, first_ratio, cfg, rt):
     """5. The metrics row of a step, averaged over the global batch (per response or per token)."""
-    n_steps = sum(len(s) for s in sc.steps)
-    r = all_sum(torch.tensor([float(x) for x in (
-        sc.success.sum(), sc.values.sum(), (-cfg.beta * kl).sum(), token_rewards.sum(), kl.sum(),
-        ro.lengths.sum(), n_steps, (~ro.finished).sum(), rt.B, sum(repeated_steps(s) for s in sc.steps))]))
-    n, tok_n = r[8], stats[6].clamp(min=1)
-    row = {"reward/success": r[0] / n, "reward/learned": r[1] / n, "reward/kl": r[2] / n, "reward/total": r[3] / n,
-           "policy/ref_kl": r[4] / n, "policy/loss": stats[0] / tok_n, "policy/clipfrac": stats[2] / tok_n,
-           "policy/approx_kl": stats[4] / tok_n, "policy/entropy": stats[5] / tok_n, "policy/first_ratio": first_ratio,
-           "value/loss": stats[1] / tok_n, "value/clipfrac": stats[3] / tok_n,
-           "rollout/response_tokens": r[5] / n, "rollout/steps_per_response": r[6] / n,
-           "rollout/repeated_step_fraction": r[9] / r[6].clamp(min=1), "rollout/truncated_fraction": r[7] / n,
-           "rollout/accuracy": r[0] / n}
+    names = ("success", "learned", "kl_penalty", "total", "ref_kl", "tokens", "steps", "truncated", "rows",
+             "repeated")
+    mine = (sc.success.sum(), sc.values.sum(), (-cfg.beta * kl).sum(), token_rewards.sum(), kl.sum(),
+            ro.lengths.sum(), sum(len(s) for s in sc.steps), (~ro.finished).sum(), rt.B,
+            sum(rewards.repeated_steps(s) for s in sc.steps))
+    r = dict(zip(names, all_sum(torch.tensor([float(x) for x in mine], device=rt.device))))
+    n, n_tok = r["rows"], stats["tokens"].clamp(min=1)
+    row = {"reward/success": r["success"] / n, "reward/learned": r["learned"] / n,
+           "reward/kl": r["kl_penalty"] / n, "reward/total": r["total"] / n, "policy/ref_kl": r["ref_kl"] / n,
+           "policy/loss": stats["pg_loss"] / n_tok, "policy/clipfrac": stats["pg_clipfrac"] / n_tok,
+           "policy/approx_kl": stats["approx_kl"] / n_tok, "policy/entropy": stats["entropy"] / n_tok,
+           "policy/first_ratio": first_ratio, "value/loss": stats["v_loss"] / n_tok,
+           "value/clipfrac": stats["v_clipfrac"] / n_tok,
+           "value/explained_variance": explained_variance(ro.values, returns, ro.mask),
+           "rollout/response_tokens": r["tokens"] / n, "rollout/steps_per_response": r["steps"] / n,
+           "rollout/repeated_step_fraction": r["repeated"] / r["steps"].clamp(min=1),
+           "rollout/truncated_fraction": r["truncated"] / n, "rollout/accuracy": r["success"] / n}
     return {"step": step, **{k: float(v) for k, v in row.items()}}
 
 
@@ -573,20 +602,21 @@ def save_checkpoint(out_dir, models, optims, tok, cfg, step, metrics, master):
             models[name].save_pretrained(os.path.join(tmp, name), state_dict=sd)
             tok.save_pretrained(os.path.join(tmp, name))
             path = os.path.join(tmp, name, "config.json")  # NOTE: FSDP2 renames the class FSDP<Name>
-            conf = json.load(open(path))
+            with open(path) as f:
+                conf = json.load(f)
             conf["architectures"] = [a.removeprefix("FSDP") for a in conf.get("architectures") or []]
-            json.dump(conf, open(path, "w"), indent=2)
+            with open(path, "w") as f:
+                json.dump(conf, f, indent=2)
         torch.save({name: o for name, (_, o) in states.items()}, os.path.join(tmp, "optimizers.pt"))
         torch.save(torch.get_rng_state(), os.path.join(tmp, "rng.pt"))
         with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump({"config": asdict(cfg), "step": step, "data_position": step * cfg.prompts_per_step,
+            json.dump({"config": dataclasses.asdict(cfg), "step": step, "data_position": step * cfg.prompts_per_step,
                        "metrics": metrics}, f, indent=2)
         if os.path.exists(final):
             os.replace(final, final + ".old")
         os.replace(tmp, final)
         shutil.rmtree(final + ".old", ignore_errors=True)
-    if dist.is_initialized():
-        dist.barrier()
+    common.barrier()
 
 
 def load_optimizers(ckpt, models, optims, master):
@@ -600,68 +630,95 @@ def load_optimizers(ckpt, models, optims, master):
 
 
 # -----------------------------------------------------------------------------
-# main
+# main: setup, models, the training loop
 
-def main(argv=None):
-    cfg, given = parse_config(argv)
-    try:
-        train(cfg, given)
-    except RunError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+def resumed_config(cfg, given):
+    """--resume: the checkpoint's config overridden by the flags given now, and its step."""
+    ckpt = os.path.join(cfg.out_dir, "ckpt")
+    if not os.path.exists(ckpt) and os.path.exists(ckpt + ".old"):  # killed mid-swap
+        os.replace(ckpt + ".old", ckpt)
+    if not os.path.exists(os.path.join(ckpt, "meta.json")):
+        raise common.RunError(f"--resume: no checkpoint at {ckpt} (run without --resume first)")
+    with open(os.path.join(ckpt, "meta.json")) as f:
+        meta = json.load(f)
+    saved = dict(meta["config"])
+    if "prm_step_tag" in saved:  # a checkpoint written before --prm-step-tag became --step-tag
+        saved["step_tag"] = saved.pop("prm_step_tag")
+    return Config(**{**saved, **{k: getattr(cfg, k) for k in given}, "resume": True}), meta["step"]
 
 
 def setup(cfg, given):
-    """Resumed config, process group, device, per-rank sizes; the runtime namespace `rt`."""
-    ckpt, start = os.path.join(cfg.out_dir, "ckpt"), 0
-    if cfg.resume:
-        if not os.path.exists(ckpt) and os.path.exists(ckpt + ".old"):  # killed mid-swap
-            os.replace(ckpt + ".old", ckpt)
-        if not os.path.exists(os.path.join(ckpt, "meta.json")):
-            raise RunError(f"--resume: no checkpoint at {ckpt} (run without --resume first)")
-        meta = json.load(open(os.path.join(ckpt, "meta.json")))
-        cfg = Config(**{**meta["config"], **{k: getattr(cfg, k) for k in given}, "resume": True})
-        start = meta["step"]
-    if cfg.reward not in REWARD_MODES:
-        raise RunError(f"--reward {cfg.reward!r}: expected one of {', '.join(REWARD_MODES)}")
-    if "RANK" in os.environ:
-        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
-    elif cfg.fsdp:
-        raise RunError("--fsdp needs torchrun (e.g. torchrun --nproc_per_node=2 ppo.py --fsdp)")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    device = cfg.device if cfg.device != "auto" else (
-        f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        torch.cuda.set_device(device)
-    bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
-    n_rows = cfg.prompts_per_step * cfg.samples_per_prompt
+    """The (resumed) config, the runtime and the per-rank sizes, checked for exact division and
+    printed. Returns (cfg, rt, start step)."""
+    cfg, start = resumed_config(cfg, given) if cfg.resume else (cfg, 0)
+    if cfg.reward not in REWARD_MODES:  # argparse checks the flag; this catches an edited meta.json
+        raise common.RunError(f"--reward {cfg.reward!r}: expected one of {', '.join(REWARD_MODES)}")
+    if cfg.fsdp and "RANK" not in os.environ:
+        raise common.RunError("--fsdp needs torchrun (e.g. torchrun --nproc_per_node=2 ppo.py --fsdp)")
+    base = common.setup_runtime(cfg.device, cfg.seed, amp=not cfg.fsdp)  # FSDP casts to bf16 itself
+    world, n_rows = base.world_size, cfg.prompts_per_step * cfg.samples_per_prompt
     B = n_rows // world
     if cfg.prompts_per_step % (world * cfg.minibatches) or (B // cfg.minibatches) % (cfg.micro_batch_size or 1):
-        raise RunError(f"sizes do not divide: prompts_per_step {cfg.prompts_per_step} by world size {world} x "
-                       f"minibatches {cfg.minibatches}, or rows per rank and minibatch {B // cfg.minibatches} "
-                       f"by micro_batch_size {cfg.micro_batch_size}")
-    rt = SimpleNamespace(rank=rank, world=world, master=rank == 0, device=device, bf16=bf16, n_rows=n_rows,
-                         B=B, micro=cfg.micro_batch_size or B // cfg.minibatches, ckpt=ckpt, start=start,
-                         amp=torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and not cfg.fsdp
-                         else contextlib.nullcontext())
-    rt.print0 = (lambda *a: tqdm.write(" ".join(map(str, a)))) if rt.master else (lambda *a: None)
-    rt.print0(f"device {device} x {world} ranks: " + ("bf16 compute (FSDP mixed precision or autocast), "
-              "fp32 weights, log-probs and losses" if bf16 else "fp32 (bf16 only on GPUs that support it)"))
-    rt.print0(f"sizes: {n_rows} rows/step ({cfg.prompts_per_step} prompts x {cfg.samples_per_prompt}); "
-              f"per rank {B} rows, minibatch {B // cfg.minibatches}, micro-batch {rt.micro}")
-    rt.print0("config: " + json.dumps(asdict(cfg)))
-    return cfg, rt
+        raise common.RunError(f"sizes do not divide: prompts_per_step {cfg.prompts_per_step} by world size {world} x "
+                              f"minibatches {cfg.minibatches}, or rows per rank and minibatch {B // cfg.minibatches} "
+                              f"by micro_batch_size {cfg.micro_batch_size}")
+    rt = Runtime(**vars(base), n_rows=n_rows, prompts=cfg.prompts_per_step // world, B=B,
+                 micro=cfg.micro_batch_size or B // cfg.minibatches)
+    print0(f"sizes: {n_rows} rows/step ({cfg.prompts_per_step} prompts x {cfg.samples_per_prompt}); "
+           f"per rank {B} rows, minibatch {B // cfg.minibatches}, micro-batch {rt.micro}")
+    print0("config: " + json.dumps(dataclasses.asdict(cfg)))
+    return cfg, rt, start
+
+
+def load_data(cfg):
+    """Training problems and the greedy-eval problems (none when eval_limit is 0)."""
+    try:
+        problems = common.load_problems(cfg.dataset, "train")
+        eval_problems = common.load_problems(cfg.eval_dataset or cfg.dataset, "test",
+                                             limit=cfg.eval_limit) if cfg.eval_limit else []
+    except (FileNotFoundError, ValueError) as e:
+        raise common.RunError(str(e)) from None
+    print0(f"data: {len(problems)} train / {len(eval_problems)} eval problems; reward {cfg.reward}")
+    return problems, eval_problems
+
+
+class Models(NamedTuple):
+    tok: object  # the policy's tokenizer, left padding
+    eos_ids: set  # every token id that ends a response
+    policy: torch.nn.Module  # trained
+    critic: torch.nn.Module  # trained
+    ref: torch.nn.Module  # frozen copy of the starting policy
+    rm: object  # frozen rewards.RewardModel, None for --reward success
+
+    def trained(self):
+        return {"policy": self.policy, "critic": self.critic}
+
+
+def reward_model_source(cfg):
+    """(kind, resolved source, path as given, hint) of --reward's reward model, None for success; a
+    missing local path is a RunError here, before anything is loaded."""
+    if cfg.reward == "success":
+        return None
+    kind = "orm" if cfg.reward == "orm" else "prm"
+    path, hint = getattr(cfg, kind), f"train it with prm_train.py (see README) or pass --{kind} DIR_OR_HUB_ID"
+    return kind, common.model_source(path, kind.upper(), hint), path, hint
+
+
+def load_reward_model(source, cfg, rt):
+    """The PRM (or ORM for --reward orm), frozen and replicated on every rank; None for success."""
+    if source is None:
+        return None
+    kind, local, path, hint = source
+    try:
+        return rewards.load_reward_model(local, kind=kind, step_tag=cfg.step_tag or None, device=rt.device)
+    except (OSError, ValueError) as e:
+        raise common.RunError(f"cannot load {kind.upper()} from {path!r} ({str(e).splitlines()[0]}): {hint}") from None
 
 
 def load_models(cfg, rt):
     """Policy and critic (trained), reference and reward model (frozen), each sharded or moved to the
     device right after loading (one full model in CPU memory at a time)."""
-    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
-
-    causal_lm, token_classifier = AutoModelForCausalLM.from_pretrained, AutoModelForTokenClassification.from_pretrained
+    from transformers import AutoModelForTokenClassification
 
     def place(model, trained):
         if trained and cfg.grad_ckpt:
@@ -669,143 +726,121 @@ def load_models(cfg, rt):
         return shard(model, rt.device, rt.bf16) if cfg.fsdp else model.to(rt.device)
 
     hint = "train it with sft.py (see README) or pass --policy DIR_OR_HUB_ID"
-    init = os.path.join(rt.ckpt, "policy") if cfg.resume else cfg.policy
-    tok = load_hf(rewards.load_tokenizer, init, "policy", hint)
+    common.model_source(cfg.policy, "policy", hint)  # fail fast, before loading anything
+    rm_source = reward_model_source(cfg)
+    ckpt = os.path.join(cfg.out_dir, "ckpt")
+    init = os.path.join(ckpt, "policy") if cfg.resume else cfg.policy
+    tok = common.load_tokenizer(init, "policy", hint)
     tok.padding_side = "left"
     if tok.pad_token_id is None:  # NOTE: masks never come from ids == pad, so pad = EOS is safe
         tok.pad_token = tok.eos_token
-    policy = no_dropout(load_hf(causal_lm, init, "policy", hint, dtype=torch.float32))
-    eos = policy.generation_config.eos_token_id
-    rt.eos_ids = {tok.eos_token_id} | set([eos] if isinstance(eos, int) else eos or [])
-    rt.print0(f"policy {cfg.policy}: {sum(p.numel() for p in policy.parameters()) / 1e6:.1f}M parameters")
+    policy = common.no_dropout(common.load_model(init, "policy", hint, dtype=torch.float32))
+    eos_ids = common.model_eos_ids(policy, tok)
+    print0(f"policy {cfg.policy}: {sum(p.numel() for p in policy.parameters()) / 1e6:.1f}M parameters")
     policy = place(policy, True)
-    ref = place(load_hf(causal_lm, cfg.policy, "policy", hint, dtype=torch.bfloat16 if rt.bf16
-                        else torch.float32).eval().requires_grad_(False), False)
-    critic = no_dropout(load_hf(token_classifier, os.path.join(rt.ckpt, "critic") if cfg.resume
-                                else cfg.critic or cfg.policy, "critic", "pass --critic DIR saved by ppo.py "
-                                "or leave it empty", num_labels=1, dtype=torch.float32))
+    ref = place(common.load_model(cfg.policy, "policy", hint, dtype=rt.dtype).eval().requires_grad_(False), False)
+    critic = common.no_dropout(common.load_model(
+        os.path.join(ckpt, "critic") if cfg.resume else cfg.critic or cfg.policy, "critic",
+        "pass --critic DIR saved by ppo.py or leave it empty", cls=AutoModelForTokenClassification,
+        num_labels=1, dtype=torch.float32))
     if not cfg.resume and not cfg.critic:
         critic.score.weight.data.zero_()  # V = 0 at the start: no random value noise
         if critic.score.bias is not None:
             critic.score.bias.data.zero_()
     critic = place(critic, True)
-    rm = None
-    if cfg.reward != "success":
-        kind = "orm" if cfg.reward == "orm" else "prm"
-        path, rm_hint = getattr(cfg, kind), f"train it with prm_train.py (see README) or pass --{kind} DIR_OR_HUB_ID"
-        try:
-            rm = rewards.load_reward_model(model_source(path, kind.upper(), rm_hint), kind=kind,
-                                           step_tag=cfg.prm_step_tag or None, device=rt.device)
-        except (OSError, ValueError) as e:
-            raise RunError(f"cannot load {kind.upper()} from {path!r} ({str(e).splitlines()[0]}): {rm_hint}") from None
-    return tok, policy, ref, critic, rm
+    return Models(tok, eos_ids, policy, critic, ref, load_reward_model(rm_source, cfg, rt))
 
 
-def train(cfg, given):
-    import transformers
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message=".*returned a view tensor.*")  # FSDP2 + HF outputs: harmless
-    cfg, rt = setup(cfg, given)
-    print0, master, start = rt.print0, rt.master, rt.start
-    try:
-        problems = rewards.load_problems(cfg.dataset, "train")
-        eval_problems = rewards.load_problems(cfg.eval_dataset or cfg.dataset, "test",
-                                              limit=cfg.eval_limit) if cfg.eval_limit else []
-    except (FileNotFoundError, ValueError) as e:
-        raise RunError(str(e)) from None
-    print0(f"data: {len(problems)} train / {len(eval_problems)} eval problems; reward {cfg.reward}")
-    model_source(cfg.policy, "policy", "train it with sft.py (see README) or pass --policy DIR_OR_HUB_ID")
-    if cfg.reward != "success":  # fail fast, before loading anything
-        kind = "orm" if cfg.reward == "orm" else "prm"
-        model_source(getattr(cfg, kind), kind.upper(), f"train it with prm_train.py (see README) or pass --{kind} DIR")
-    torch.manual_seed(cfg.seed)
-    tok, policy, ref, critic, rm = load_models(cfg, rt)
-    models = {"policy": policy, "critic": critic}
-    optims = {"policy": torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0),
-              "critic": torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=0.0)}
-    if cfg.resume:
-        load_optimizers(rt.ckpt, models, optims, master)
-        print0(f"resumed from {rt.ckpt} at step {start}")
+def evaluate(m, problems, cfg, rt, step):
+    t0 = time.time()
+    acc = greedy_accuracy(m.policy, m.tok, m.eos_ids, problems, cfg, rt)
+    print0(f"step {step}: eval/greedy_accuracy {acc:.4f} on {len(problems)} test problems ({time.time() - t0:.1f}s)")
+    return acc
 
-    # logging: metrics.jsonl (trimmed to the checkpoint on resume), optional wandb
-    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-    if master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        kept = [ln for ln in open(metrics_path) if ln.endswith("\n") and json.loads(ln)["step"] <= start] \
-            if cfg.resume and os.path.exists(metrics_path) else []
-        open(metrics_path, "w").writelines(kept)
-    wandb = None
-    if cfg.wandb and master:
-        import wandb
-        wandb.init(project=cfg.wandb, config=asdict(cfg), resume="allow")
 
-    def log(row):
-        if master:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            if wandb:
-                wandb.log(row, step=row["step"])
+def print_step(row, cfg):
+    print0(f"step {row['step']}/{cfg.steps} | success {row['reward/success']:.3f} learned "
+           f"{row['reward/learned']:+.3f} kl {row['policy/ref_kl']:.3f} | len {row['rollout/response_tokens']:.0f} "
+           f"steps {row['rollout/steps_per_response']:.1f} rep {row['rollout/repeated_step_fraction']:.2f} trunc "
+           f"{row['rollout/truncated_fraction']:.2f} | pg {row['policy/loss']:+.4f} vf {row['value/loss']:.4f} "
+           f"ev {row['value/explained_variance']:.2f} clip {row['policy/clipfrac']:.3f} "
+           f"ent {row['policy/entropy']:.3f} | {row['perf/step_s']:.1f}s")
 
-    def evaluate(step):
-        t0 = time.time()
-        acc = greedy_accuracy(policy, tok, eval_problems, cfg, rt)
-        print0(f"step {step}: eval/greedy_accuracy {acc:.4f} on {len(eval_problems)} test problems "
-               f"({time.time() - t0:.1f}s)")
-        return acc
 
+def print_samples(batch, sc, rm, n=2):
+    """The first n responses of this rank with their success and the reward model's raw step scores."""
+    for b in range(min(n, len(batch))):
+        scores = " ".join(f"{x:.2f}" for x in sc.raw[b][sc.kmask[b]].tolist()) if rm else "-"
+        print0(f"--- sample | {batch[b]['question']} gold {batch[b]['answer']} | success "
+               f"{sc.success[b].item():.0f} | {rm.kind if rm else 'rm'} scores [{scores}]\n{sc.texts[b]}")
+
+
+def train(cfg, rt, start, problems, eval_problems, m, optims, logger):
+    """Steps start + 1 .. cfg.steps of the algorithm in the docstring (numbered as there)."""
     if start == 0 and eval_problems:
-        log({"step": 0, "eval/greedy_accuracy": evaluate(0)})
-    p_local = cfg.prompts_per_step // rt.world
-    for step in tqdm(range(start + 1, cfg.steps + 1), disable=not master or not sys.stderr.isatty(), desc="ppo"):
+        logger.log({"step": 0, "eval/greedy_accuracy": evaluate(m, eval_problems, cfg, rt, 0)})
+    for step in tqdm(range(start + 1, cfg.steps + 1), disable=not rt.master or not sys.stderr.isatty(), desc="ppo"):
         t_step = time.time()
         # 1. rollout: this rank's questions, samples_per_prompt rows each
-        idx = problem_indices(step - 1, cfg.prompts_per_step, len(problems), cfg.seed)
-        idx = idx[rt.rank * p_local:(rt.rank + 1) * p_local]
-        batch = [problems[i] for i in idx for _ in range(cfg.samples_per_prompt)]
-        ro = rollout(policy, ref, critic, tok, [p["question"] for p in batch], cfg, rt, step)
+        batch = step_batch(problems, step, cfg, rt)
+        ro = rollout(m.policy, m.ref, m.critic, m.tok, m.eos_ids, [p["question"] for p in batch], cfg, rt, step)
 
         # 2. rewards: success + learned term (score rewards), then the KL penalty on every token
-        sc = score(rm, tok, batch, ro, cfg, step)
+        sc = score(m.rm, m.tok, batch, ro, cfg, step)
         token_rewards, kl = kl_rewards(sc.token, ro.old_logp, ro.ref_logp, ro.mask, cfg.beta)  # (B, T)
         check_finite("rewards", token_rewards, step)
         check_finite("values", ro.values, step)
 
         # 3. advantages: GAE, then whitening over the global batch
-        adv, returns = gae(token_rewards, ro.values, ro.mask, cfg.gamma, cfg.lam)  # (B, T)
-        adv = masked_whiten(adv, ro.mask, distributed=dist.is_initialized())
+        adv, returns = compute_advantages(token_rewards, ro.values, ro.mask, cfg.gamma, cfg.lam)  # (B, T)
         check_finite("advantages", adv, step)
 
         # 4. PPO update
         t0 = time.time()
-        stats, first_ratio = ppo_update(models, optims, ro, adv, returns, cfg, rt, step)
+        stats, first_ratio = ppo_update(m.trained(), optims, ro, adv, returns, cfg, rt, step)
         if abs(first_ratio - 1) > 1e-3:
             print0(f"WARNING step {step}: first-minibatch ratio {first_ratio:.5f} != 1 "
                    "(dropout on, or the rollout and training forwards differ)")
         perf = {**ro.perf, **sc.perf, "perf/update_s": time.time() - t0}
 
         # 5. log, evaluate, print samples, save
-        row = step_metrics(step, ro, sc, token_rewards, kl, stats, first_ratio, cfg, rt)
+        row = step_metrics(step, ro, sc, token_rewards, kl, returns, stats, first_ratio, cfg, rt)
         if eval_problems and (step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0)):
             t0 = time.time()
-            row["eval/greedy_accuracy"] = evaluate(step)
+            row["eval/greedy_accuracy"] = evaluate(m, eval_problems, cfg, rt, step)
             perf["perf/eval_s"] = time.time() - t0
         row.update(perf, **{"perf/step_s": time.time() - t_step})
-        log(row)
-        print0(f"step {step}/{cfg.steps} | success {row['reward/success']:.3f} learned {row['reward/learned']:+.3f} "
-               f"kl {row['policy/ref_kl']:.3f} | len {row['rollout/response_tokens']:.0f} steps "
-               f"{row['rollout/steps_per_response']:.1f} rep {row['rollout/repeated_step_fraction']:.2f} trunc "
-               f"{row['rollout/truncated_fraction']:.2f} | pg {row['policy/loss']:+.4f} vf {row['value/loss']:.4f} "
-               f"clip {row['policy/clipfrac']:.3f} ent {row['policy/entropy']:.3f} | {row['perf/step_s']:.1f}s")
+        logger.log(row)
+        print_step(row, cfg)
         if cfg.sample_every and step % cfg.sample_every == 0:
-            for b in range(min(2, rt.B)):
-                scores = " ".join(f"{x:.2f}" for x in sc.raw[b][sc.kmask[b]].tolist()) if rm else "-"
-                print0(f"--- sample | {batch[b]['question']} gold {batch[b]['answer']} | success "
-                       f"{sc.success[b].item():.0f} | {rm.kind if rm else 'rm'} scores [{scores}]\n{sc.texts[b]}")
+            print_samples(batch, sc, m.rm)
         if step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
-            save_checkpoint(cfg.out_dir, models, optims, tok, cfg, step, row, master)
-    print0(f"done: {cfg.steps} steps; checkpoint in {rt.ckpt}")
+            save_checkpoint(cfg.out_dir, m.trained(), optims, m.tok, cfg, step, row, rt.master)
+    print0(f"done: {cfg.steps} steps; checkpoint in {os.path.join(cfg.out_dir, 'ckpt')}")
+
+
+def main(argv=None):
+    cfg, given = common.parse_config(Config, argv, with_given=True)
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*returned a view tensor.*")  # FSDP2 + HF outputs: harmless
+    cfg, rt, start = setup(cfg, given)
+    problems, eval_problems = load_data(cfg)
+    m = load_models(cfg, rt)
+    optims = {"policy": torch.optim.AdamW(m.policy.parameters(), lr=cfg.lr, weight_decay=0.0),
+              "critic": torch.optim.AdamW(m.critic.parameters(), lr=cfg.critic_lr, weight_decay=0.0)}
+    if cfg.resume:
+        load_optimizers(os.path.join(cfg.out_dir, "ckpt"), m.trained(), optims, rt.master)
+        print0(f"resumed from {os.path.join(cfg.out_dir, 'ckpt')} at step {start}")
+    # metrics.jsonl, trimmed to the checkpoint's step on resume (rows after it are redone)
+    logger = common.MetricsLogger(cfg.out_dir, resume_step=start if cfg.resume else None,
+                                  wandb_project=cfg.wandb or None, config=cfg, master=rt.master)
+    try:
+        train(cfg, rt, start, problems, eval_problems, m, optims, logger)
+    finally:
+        logger.close()
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

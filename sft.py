@@ -6,23 +6,25 @@ models, METHOD §1); in the arith world it produces the starting policy `models/
 Works with any Hugging Face causal LM (`--init` a local path or hub id), or a tiny Llama / Qwen2
 built from a config with no download (`--init scratch --tokenizer data/arith/tokenizer`).
 
-Algorithm
-  1. Load the problems (rewards.load_problems) and tokenize each one as
+Algorithm (the numbers match comments in the code)
+  1. Model and tokenizer: `--init scratch` builds a tiny Llama / Qwen2 from the size fields (seeded:
+     the same init on every rank); anything else is loaded with common.load_model in fp32.
+  2. Load the problems (common.load_problems) and tokenize each one as
         input  = build_prompt(question) + solution + EOS
         labels = -100 on the prompt, the token ids on solution + EOS
-     (the prompt is built through rewards.build_prompt, as in every stage).
-  2. Build or load the model; AdamW, linear warmup then cosine decay to min_lr.
-  3. Each step: draw `batch_size` examples (a seeded permutation per epoch, each rank its slice),
+     (the prompt is built through common.build_prompt, as in every stage).
+  3. AdamW (no weight decay on norms and biases), linear warmup then cosine decay to min_lr. Each
+     step: draw `batch_size` examples (a seeded permutation per epoch, each rank its slice),
      right-pad, and minimise the token-level cross-entropy summed over all solution tokens of the
      optimizer batch divided by their count (micro-batches accumulate into one update).
-  4. Every `eval_every` steps (and at the end): greedy accuracy on the first `eval_n` problems of
-     the eval split with model.generate + rewards.is_correct; a response cut at max_new_tokens
-     without EOS counts as wrong (METHOD §4). Print one decoded sample.
+  4. Every `eval_every` steps (and at the end): greedy accuracy on the first `eval_limit` problems
+     of the eval split (common.generate, rewards.success_rewards: a response cut at max_new_tokens
+     without EOS counts as wrong, METHOD §4). Print one decoded sample.
   5. Save the model + tokenizer with save_pretrained (generation_config carries pad/eos), and
      meta.json (resolved config, step, last metrics). metrics.jsonl has one line per logged step.
-  `--eval-only` skips 2-5: it loads `--init`, reports greedy accuracy and sampling accuracy at
-  temperature 1 (mean over `--eval-samples` samples per problem) on the eval split, and saves nothing
-  but metrics.jsonl.
+  `--eval-only` runs 1 and skips 2-5: it reports greedy accuracy and sampling accuracy at
+  temperature 1 (mean over `--eval-samples` samples per problem) of `--init` on the eval split
+  (eval/greedy_accuracy, eval/sampling_accuracy), and saves nothing but metrics.jsonl.
 
 Departures from the paper: none; this stage is not part of the method (METHOD §1).
 
@@ -34,12 +36,12 @@ Commands
   (NOTE: one thread is how the shipped weights were made; CPU matmuls are not bit-identical across
   thread counts, so another count gives slightly different weights and accuracy.)
   Measure a checkpoint (greedy + T=1 sampling on the full arith test split):
-    python sft.py --eval-only --init models/arith-policy --eval-n 500 --eval-samples 4 --out-dir out/eval
+    python sft.py --eval-only --init models/arith-policy --eval-limit 500 --eval-samples 4 --out-dir out/eval
   CPU smoke run (seconds):
-    python sft.py --n-layer 1 --n-embd 32 --n-inner 64 --max-steps 20 --eval-n 10 --out-dir out/sft-smoke
+    python sft.py --n-layer 1 --n-embd 32 --n-inner 64 --max-steps 20 --eval-limit 10 --out-dir out/sft-smoke
   One GPU, a real instruct model on GSM8K (optional warm start):
-    python sft.py --init Qwen/Qwen2-1.5B-Instruct --dataset gsm8k --max-len 1024 --batch-size 64 \
-        --micro-batch-size 8 --lr 1e-5 --min-lr 1e-6 --max-steps 200 --eval-n 200 \
+    python sft.py --init Qwen/Qwen2-1.5B-Instruct --dataset gsm8k --max-len 1024 --batch-size 64 \\
+        --micro-batch-size 8 --lr 1e-5 --min-lr 1e-6 --max-steps 200 --eval-limit 200 \\
         --max-new-tokens 512 --eval-batch-size 32 --out-dir out/sft-gsm8k
   8 GPUs: the same with `torchrun --nproc_per_node=8 sft.py ...` (batch_size is global).
 
@@ -54,75 +56,57 @@ Shapes: B sequences in a micro-batch, L prompt + solution tokens, V vocabulary.
 """
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
-import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import common
 import rewards
+from common import field, print0
 
 
 @dataclass
 class Config:
     # model
-    init: str = "scratch"  # "scratch" (build from the size fields below) or a path / hub id of a causal LM
-    tokenizer: str = "data/arith/tokenizer"  # tokenizer dir / hub id for --init scratch (else the model's own)
-    arch: str = "llama"  # scratch architecture: llama | qwen2
-    n_layer: int = 2  # scratch: transformer blocks
-    n_embd: int = 128  # scratch: hidden size
-    n_head: int = 4  # scratch: attention heads (n_embd must divide by it)
-    n_inner: int = 512  # scratch: MLP intermediate size
+    init: str = field("scratch", "'scratch' (build from the size fields below) or a path / hub id of a causal LM")
+    tokenizer: str = field("data/arith/tokenizer", "tokenizer dir / hub id for --init scratch (else the model's own)")
+    arch: str = field("llama", "scratch architecture", choices=("llama", "qwen2"))
+    n_layer: int = field(2, "scratch: transformer blocks")
+    n_embd: int = field(128, "scratch: hidden size")
+    n_head: int = field(4, "scratch: attention heads (n_embd must divide by it)")
+    n_inner: int = field(512, "scratch: MLP intermediate size")
     # data
-    dataset: str = "arith"  # arith | gsm8k | math | math500 | path/to/file.jsonl (rows need a solution)
-    train_split: str = "train"
-    eval_split: str = "test"
-    max_len: int = 256  # max prompt + solution tokens; longer examples are dropped (count printed)
+    dataset: str = field("arith", f"one of {', '.join(common.DATASETS)}, or a .jsonl path (rows need a solution)")
+    train_split: str = field("train", "split to train on (data/<name>/<split>.jsonl)")
+    eval_split: str = field("test", "split to evaluate on")
+    max_len: int = field(256, "max prompt + solution tokens; longer examples are dropped (count printed)")
     # optimisation
-    max_steps: int = 1500  # optimizer steps
-    batch_size: int = 64  # sequences per optimizer step, global (all ranks, all micro-batches)
-    micro_batch_size: int = 64  # sequences per forward pass per rank
-    lr: float = 3e-3  # peak learning rate
-    min_lr: float = 3e-4  # cosine decay floor
-    warmup_steps: int = 50
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # max grad norm (0 = off)
+    max_steps: int = field(1500, "optimizer steps")
+    batch_size: int = field(64, "sequences per optimizer step, global (all ranks, all micro-batches)")
+    micro_batch_size: int = field(64, "sequences per forward pass per rank")
+    lr: float = field(3e-3, "peak learning rate")
+    min_lr: float = field(3e-4, "cosine decay floor")
+    warmup_steps: int = field(50, "linear warmup steps")
+    weight_decay: float = field(0.0, "AdamW weight decay of the matrices (none on norms and biases)")
+    grad_clip: float = field(1.0, "max grad norm (0 = off)")
     # evaluation
-    eval_every: int = 250  # steps between greedy evals (0 = only at the end)
-    eval_n: int = 100  # eval problems (first N of the eval split)
-    eval_batch_size: int = 250  # prompts per generate call
-    eval_samples: int = 4  # --eval-only: T=1 samples per problem for sampling accuracy (0 = skip)
-    max_new_tokens: int = 160  # generation budget; a response without EOS by then is wrong
-    eval_only: bool = False  # evaluate --init on the eval split (greedy + sampling) and exit
+    eval_every: int = field(250, "steps between greedy evals (0 = only at the end)")
+    eval_limit: int = field(100, "eval problems: the first N of the eval split (0 = all)")
+    eval_batch_size: int = field(250, "prompts per generate call")
+    eval_samples: int = field(4, "--eval-only: T=1 samples per problem for sampling accuracy (0 = skip)")
+    max_new_tokens: int = field(160, "generation budget in tokens; a response without EOS by then is wrong")
+    eval_only: bool = field(False, "evaluate --init on the eval split (greedy + sampling) and exit")
     # runtime
-    seed: int = 1337
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    out_dir: str = "out/sft"
-
-
-# -----------------------------------------------------------------------------
-# config parsing (the same in every stage script)
-
-def parse_config(argv=None):
-    import argparse
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool or f.type == "bool":
-            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), nargs="?",
-                           const=True, default=f.default, help=f"(default {f.default})")
-        else:
-            typ = f.type if callable(f.type) else {"int": int, "float": float, "str": str}[f.type]
-            p.add_argument(flag, type=typ, default=f.default, help=f"(default {f.default})")
-    return Config(**vars(p.parse_args(argv)))  # NOTE: argparse errors on unknown flags
+    seed: int = field(1337, "seed of the scratch init, the data order and sampling")
+    device: str = field("auto", "auto | cpu | cuda | cuda:N")
+    out_dir: str = field("out/sft", "where the checkpoint, meta.json and metrics.jsonl go")
 
 
 # -----------------------------------------------------------------------------
@@ -134,7 +118,7 @@ def tokenize_example(tokenizer, question, solution, max_len):
     NOTE: prompt and solution are tokenized separately and concatenated, so the boundary is exact
     for any tokenizer (BPE merges across it would blur which tokens are "solution").
     """
-    prompt_ids = tokenizer(rewards.build_prompt(tokenizer, question), add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer(common.build_prompt(tokenizer, question), add_special_tokens=False)["input_ids"]
     sol_ids = tokenizer(solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     ids = prompt_ids + sol_ids
     if len(ids) > max_len:
@@ -174,9 +158,19 @@ def lr_at(step, cfg):
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
 
 
-def grade(response, gold, finished):
-    """Success per METHOD §4: 1 if the response finished (EOS) and its final answer equals the gold."""
-    return bool(finished) and bool(rewards.is_correct(response, gold))
+def batches(n_examples, batch_size, seed):
+    """Step 3's data order: lists of batch_size example indices, from a seeded permutation per
+    epoch. Global: every rank draws the same batch and trains on its own slice."""
+    gen = torch.Generator().manual_seed(seed)
+    order, pos = torch.randperm(n_examples, generator=gen).tolist(), 0
+    while True:
+        batch = []
+        for _ in range(batch_size):
+            if pos == len(order):  # new epoch, new seeded permutation
+                order, pos = torch.randperm(n_examples, generator=gen).tolist(), 0
+            batch.append(order[pos])
+            pos += 1
+        yield batch
 
 
 # -----------------------------------------------------------------------------
@@ -186,28 +180,31 @@ def build_scratch_model(cfg, tokenizer):
     """A tiny Llama / Qwen2 causal LM from a config (no download), ids from the tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    common = dict(vocab_size=len(tokenizer), hidden_size=cfg.n_embd, intermediate_size=cfg.n_inner,
+    sizes = dict(vocab_size=len(tokenizer), hidden_size=cfg.n_embd, intermediate_size=cfg.n_inner,
                   num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
                   num_key_value_heads=cfg.n_head, max_position_embeddings=cfg.max_len,
                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                   bos_token_id=None, tie_word_embeddings=True, attention_dropout=0.0)
     if cfg.arch == "llama":
-        return LlamaForCausalLM(LlamaConfig(**common))
+        return LlamaForCausalLM(LlamaConfig(**sizes))
     if cfg.arch == "qwen2":
-        return Qwen2ForCausalLM(Qwen2Config(**common))
+        return Qwen2ForCausalLM(Qwen2Config(**sizes))
     raise ValueError(f"unknown --arch {cfg.arch!r} (expected llama or qwen2)")
 
 
-def load_model_and_tokenizer(cfg, device):
-    from transformers import AutoModelForCausalLM
+MODEL_HINT = "pass --init scratch, a checkpoint directory or a hub id"
 
+
+def load_model_and_tokenizer(cfg, device):
+    """Step 1: the scratch model (build_scratch_model, seeded) or --init in fp32, and its tokenizer
+    (pad = EOS where it has none; left padding side, saved with the checkpoint)."""
     if cfg.init == "scratch":
-        tokenizer = rewards.load_tokenizer(cfg.tokenizer)
+        tokenizer = common.load_tokenizer(cfg.tokenizer, "--tokenizer", MODEL_HINT)
         torch.manual_seed(cfg.seed)  # identical init on every rank
         model = build_scratch_model(cfg, tokenizer)
     else:
-        tokenizer = rewards.load_tokenizer(cfg.init)
-        model = AutoModelForCausalLM.from_pretrained(cfg.init, dtype=torch.float32)
+        tokenizer = common.load_tokenizer(cfg.init, "--init tokenizer", MODEL_HINT)
+        model = common.load_model(cfg.init, "--init", MODEL_HINT, dtype=torch.float32)
     if tokenizer.pad_token_id is None:  # NOTE: masks never come from ids == pad, so pad = eos is safe
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # for generation; training pads by hand (right)
@@ -216,231 +213,208 @@ def load_model_and_tokenizer(cfg, device):
     if cfg.init == "scratch":  # plain model.generate() is greedy and long enough; a pretrained
         model.generation_config.do_sample = False  # model keeps its own defaults
         model.generation_config.max_new_tokens = cfg.max_new_tokens
+    n_params = sum(p.numel() for p in model.parameters())
+    print0(f"model: {cfg.init} ({cfg.arch if cfg.init == 'scratch' else type(model).__name__}), "
+           f"{n_params / 1e6:.2f}M parameters")
     return model.to(device), tokenizer
+
+
+# -----------------------------------------------------------------------------
+# data
+
+def load_split(dataset, split, limit=None):
+    """common.load_problems, with a missing file or a malformed row as a RunError."""
+    try:
+        return common.load_problems(dataset, split, limit)
+    except (FileNotFoundError, ValueError) as e:
+        raise common.RunError(str(e)) from None
+
+
+def tokenize_dataset(tokenizer, rows, max_len, where):
+    """Step 2: (input_ids, labels) of every row that fits in max_len (the rest are counted)."""
+    examples, dropped = [], 0
+    for i, row in enumerate(rows):
+        if not row.get("solution"):
+            raise common.RunError(f"{where}: row {i + 1} has no solution to train on")
+        ex = tokenize_example(tokenizer, row["question"], row["solution"], max_len)
+        if ex is None:
+            dropped += 1
+        else:
+            examples.append(ex)
+    if not examples:
+        raise common.RunError(f"{where}: no training example fits in --max-len {max_len}")
+    print0(f"train: {len(examples)} examples ({dropped} dropped, longer than max_len={max_len})")
+    return examples
 
 
 # -----------------------------------------------------------------------------
 # evaluation
 
-@torch.no_grad()
-def generate(model, tokenizer, questions, max_new_tokens, temperature=0.0, batch_size=250):
-    """Responses (text, finished) for each question; greedy when temperature == 0.
-
-    finished is True when the model emitted EOS within max_new_tokens (else it is a truncation).
-    """
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(questions), batch_size):
-        prompts = [rewards.build_prompt(tokenizer, q) for q in questions[i: i + batch_size]]
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        kw = dict(do_sample=False) if temperature == 0 else dict(
-            do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
-        seq = model.generate(**enc, max_new_tokens=max_new_tokens, **kw,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        gen = seq[:, enc["input_ids"].shape[1]:]  # (B, T) generated tokens, pad after EOS
-        for row in gen.tolist():
-            finished = tokenizer.eos_token_id in row
-            if finished:
-                row = row[: row.index(tokenizer.eos_token_id)]
-            out.append((tokenizer.decode(row, skip_special_tokens=True), finished))
-    return out
-
-
 def accuracy(model, tokenizer, problems, max_new_tokens, temperature=0.0, samples=1, batch_size=250):
-    """Mean success over problems (and over `samples` draws each when sampling); also the responses."""
-    questions = [p["question"] for p in problems] * samples
+    """Mean success (rewards.success_rewards: EOS and the gold answer) over problems, and over
+    `samples` draws each when sampling; also the (text, finished, success) of every response."""
+    prompts = [common.build_prompt(tokenizer, p["question"]) for p in problems] * samples
     golds = [p["answer"] for p in problems] * samples
-    responses = generate(model, tokenizer, questions, max_new_tokens, temperature, batch_size)
-    correct = [grade(r, g, fin) for (r, fin), g in zip(responses, golds)]
-    return sum(correct) / max(1, len(correct)), responses
+    # NOTE: sort=False: batches in problem order, as sft.py has always drawn its samples
+    gens = common.generate(model, tokenizer, prompts, max_new_tokens, temperature, batch_size=batch_size, sort=False)
+    texts = [tokenizer.decode(g.tokens, skip_special_tokens=True) for g in gens]
+    success = rewards.success_rewards(texts, golds, [g.finished for g in gens])
+    return sum(success) / max(1, len(success)), list(zip(texts, [g.finished for g in gens], success))
+
+
+def truncated_fraction(responses):
+    return sum(not finished for _, finished, _ in responses) / max(1, len(responses))
+
+
+def eval_only(cfg, model, tokenizer, problems):
+    """--eval-only (rank 0): greedy and T=1 sampling accuracy of --init, one metrics.jsonl row."""
+    t0 = time.time()
+    g_acc, g_resp = accuracy(model, tokenizer, problems, cfg.max_new_tokens, batch_size=cfg.eval_batch_size)
+    row = {"eval/n": len(problems), "eval/greedy_accuracy": g_acc, "eval/greedy_truncated": truncated_fraction(g_resp)}
+    if cfg.eval_samples > 0:
+        torch.manual_seed(cfg.seed)
+        s_acc, _ = accuracy(model, tokenizer, problems, cfg.max_new_tokens, temperature=1.0,
+                            samples=cfg.eval_samples, batch_size=cfg.eval_batch_size)
+        row.update({"eval/sampling_accuracy": s_acc, "eval/samples": cfg.eval_samples})
+    row["perf/eval_s"] = time.time() - t0
+    common.MetricsLogger(cfg.out_dir, append=True).log(row, echo=True)
+
+
+def eval_greedy(model, tokenizer, problems, cfg, step):
+    """Step 4 (rank 0): greedy accuracy on the eval problems, and one decoded sample printed."""
+    acc, resp = accuracy(model, tokenizer, problems, cfg.max_new_tokens, batch_size=cfg.eval_batch_size)
+    text, _, success = resp[0]
+    print0(f"[step {step}] Q: {problems[0]['question']}\n  gold {problems[0]['answer']}"
+           f"  correct {success == 1.0}\n  {text!r}")
+    return {"eval/greedy_accuracy": acc, "eval/greedy_truncated": truncated_fraction(resp)}
+
+
+# -----------------------------------------------------------------------------
+# training
+
+def make_optimizer(model, cfg):
+    """Step 3: AdamW, weight decay on the matrices only (not on norms and biases)."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def train_step(model, opt, mine, n_tok_global, cfg, rt, pad_id):
+    """Step 3: one optimizer update from this rank's slice `mine` of the global batch, in
+    micro-batches; the loss is the NLL summed over solution tokens / n_tok_global (all ranks).
+    Returns (the NLL summed over all ranks, the grad norm before clipping)."""
+    ddp = rt.world_size > 1
+    accum = len(mine) // cfg.micro_batch_size
+    model.train()
+    loss_sum = 0.0
+    for m in range(accum):
+        input_ids, attn, labels = (t.to(rt.device) for t in collate(
+            mine[m * cfg.micro_batch_size: (m + 1) * cfg.micro_batch_size], pad_id))  # (B, L) each
+        # NOTE: DDP all-reduces only on the last micro-batch of the step
+        ctx = model.no_sync() if ddp and m < accum - 1 else contextlib.nullcontext()
+        with ctx, rt.amp:
+            logits = model(input_ids=input_ids, attention_mask=attn).logits  # (B, L, V)
+        nll = sum_token_nll(logits, labels)
+        # NOTE: DDP averages gradients over ranks, so scale by world to get sum / global count
+        loss = nll * rt.world_size / n_tok_global
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()}")
+        loss.backward()
+        loss_sum += nll.item()
+    gnorm = float("nan")
+    if cfg.grad_clip > 0:
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if ddp:  # every rank joins; the logged loss is the global token mean
+        t = torch.tensor([loss_sum], dtype=torch.float64, device=rt.device)
+        torch.distributed.all_reduce(t)
+        loss_sum = t.item()
+    return loss_sum, gnorm
+
+
+def train(cfg, rt, model, tokenizer, examples, eval_problems, logger):
+    """Steps 3-4: cfg.max_steps updates with periodic greedy evals; metrics.jsonl every 10 steps
+    and at each eval. Returns the last metrics row."""
+    opt = make_optimizer(model, cfg)
+    raw_model = model
+    if rt.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[torch.device(rt.device).index] if rt.device.startswith("cuda") else None)
+    per_rank = cfg.batch_size // rt.world_size
+    draw = batches(len(examples), cfg.batch_size, cfg.seed)
+    last, t_start = {}, time.time()
+    bar = tqdm(range(cfg.max_steps), disable=not rt.master, desc="sft", dynamic_ncols=True)
+    for step in bar:
+        # 3. one optimizer step over the global batch; each rank its contiguous slice
+        t0 = time.time()
+        batch = [examples[i] for i in next(draw)]
+        n_tok_global = sum(sum(t != -100 for t in lab[1:]) for _, lab in batch)  # loss normaliser
+        lr = lr_at(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss_sum, gnorm = train_step(model, opt, batch[rt.rank * per_rank: (rt.rank + 1) * per_rank],
+                                     n_tok_global, cfg, rt, tokenizer.pad_token_id)
+        last = {"step": step + 1, "train/loss": loss_sum / max(1, n_tok_global), "train/lr": lr,
+                "train/grad_norm": gnorm, "perf/step_s": time.time() - t0, "perf/elapsed_s": time.time() - t_start}
+        bar.set_postfix(loss=f"{last['train/loss']:.3f}")
+
+        # 4. periodic greedy eval on the first eval_limit problems (rank 0 only, no collectives inside)
+        is_last = step + 1 == cfg.max_steps
+        evaluated = bool(cfg.eval_every and (step + 1) % cfg.eval_every == 0) or is_last
+        if evaluated:
+            if rt.master:
+                last.update(eval_greedy(raw_model, tokenizer, eval_problems, cfg, step + 1))
+            common.barrier()
+        if (step + 1) % 10 == 0 or evaluated:
+            logger.log(last, echo=evaluated)
+    return last
 
 
 # -----------------------------------------------------------------------------
 # main
 
 def main(argv=None):
-    cfg = parse_config(argv)
-    # setup: distributed, device, seeding
-    ddp = "RANK" in os.environ
-    if ddp:
-        import torch.distributed as dist
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-    else:
-        rank, world = 0, 1
-    master = rank == 0
+    cfg = common.parse_config(Config, argv)
+    rt = common.setup_runtime(cfg.device, cfg.seed)
+    print0("config: " + json.dumps(asdict(cfg)))
 
-    def print0(*a):
-        if master:
-            print(*a, flush=True)
-
-    if cfg.device == "auto":
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-    else:
-        device = cfg.device
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16)
-        print0(f"device {device}: bf16 autocast (supported); losses in fp32")
-    else:
-        autocast = contextlib.nullcontext()
-        print0(f"device {device}: fp32 (no bf16 autocast: {'CPU' if device == 'cpu' else 'GPU lacks bf16'})")
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    print0("config: " + json.dumps(dataclasses.asdict(cfg)))
-    if master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-    model, tokenizer = load_model_and_tokenizer(cfg, device)
-    n_params = sum(p.numel() for p in model.parameters())
-    print0(f"model: {cfg.init} ({cfg.arch if cfg.init == 'scratch' else type(model).__name__}), "
-           f"{n_params / 1e6:.2f}M parameters")
-    eval_problems = rewards.load_problems(cfg.dataset, cfg.eval_split, limit=cfg.eval_n)
-    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-
-    def log(row):
-        print0(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-        if master:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-
+    # 1. model and tokenizer; the eval problems
+    model, tokenizer = load_model_and_tokenizer(cfg, rt.device)
+    eval_problems = load_split(cfg.dataset, cfg.eval_split, cfg.eval_limit or None)
     if cfg.eval_only:
-        if master:
-            t0 = time.time()
-            g_acc, g_resp = accuracy(model, tokenizer, eval_problems, cfg.max_new_tokens,
-                                     batch_size=cfg.eval_batch_size)
-            row = {"eval/n": len(eval_problems), "eval/greedy_acc": g_acc,
-                   "eval/greedy_truncated": sum(not f for _, f in g_resp) / max(1, len(g_resp))}
-            if cfg.eval_samples > 0:
-                torch.manual_seed(cfg.seed)
-                s_acc, _ = accuracy(model, tokenizer, eval_problems, cfg.max_new_tokens, temperature=1.0,
-                                    samples=cfg.eval_samples, batch_size=cfg.eval_batch_size)
-                row.update({"eval/sample_acc": s_acc, "eval/samples": cfg.eval_samples})
-            row["perf/eval_s"] = time.time() - t0
-            log(row)
-        if ddp:
-            dist.destroy_process_group()
+        if rt.master:
+            eval_only(cfg, model, tokenizer, eval_problems)
         return
 
-    # 1. tokenize the training set
-    if cfg.batch_size % (world * cfg.micro_batch_size):
-        raise ValueError(f"batch_size {cfg.batch_size} must divide by world_size {world} x "
-                         f"micro_batch_size {cfg.micro_batch_size}")
-    accum = cfg.batch_size // (world * cfg.micro_batch_size)
-    print0(f"per rank: {cfg.batch_size // world} sequences/step = {accum} micro-batches of {cfg.micro_batch_size}")
-    train_rows = rewards.load_problems(cfg.dataset, cfg.train_split)
-    examples, dropped = [], 0
-    for i, row in enumerate(train_rows):
-        if not row.get("solution"):
-            raise ValueError(f"{cfg.dataset}/{cfg.train_split}: row {i + 1} has no solution to train on")
-        ex = tokenize_example(tokenizer, row["question"], row["solution"], cfg.max_len)
-        if ex is None:
-            dropped += 1
-        else:
-            examples.append(ex)
-    if not examples:
-        raise ValueError(f"no training example fits in max_len={cfg.max_len}")
-    print0(f"train: {len(examples)} examples ({dropped} dropped, longer than max_len={cfg.max_len})")
+    # 2. the training set, tokenized; per-rank sizes
+    if cfg.batch_size % (rt.world_size * cfg.micro_batch_size):
+        raise common.RunError(f"--batch-size {cfg.batch_size} must divide by world_size {rt.world_size} x "
+                              f"--micro-batch-size {cfg.micro_batch_size}")
+    accum = cfg.batch_size // (rt.world_size * cfg.micro_batch_size)
+    print0(f"per rank: {cfg.batch_size // rt.world_size} sequences/step = {accum} micro-batches "
+           f"of {cfg.micro_batch_size}")
+    examples = tokenize_dataset(tokenizer, load_split(cfg.dataset, cfg.train_split), cfg.max_len,
+                                f"{cfg.dataset}/{cfg.train_split}")
 
-    # 2. optimizer (no weight decay on norms/biases), DDP wrapper
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
-    raw_model = model
-    if ddp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
-
-    if master:
-        open(metrics_path, "w").close()  # a fresh run starts a fresh metrics.jsonl
-    gen = torch.Generator().manual_seed(cfg.seed)
-    order, pos = torch.randperm(len(examples), generator=gen).tolist(), 0
-    last = {}
+    # 3.-4. train with periodic evals; a fresh metrics.jsonl
     t_start = time.time()
-    bar = tqdm(range(cfg.max_steps), disable=not master, desc="sft", dynamic_ncols=True)
-    for step in bar:
-        # 3. one optimizer step over the global batch; each rank its contiguous slice
-        t0 = time.time()
-        batch = []
-        for _ in range(cfg.batch_size):
-            if pos == len(order):  # new epoch, new seeded permutation
-                order, pos = torch.randperm(len(examples), generator=gen).tolist(), 0
-            batch.append(examples[order[pos]])
-            pos += 1
-        per_rank = cfg.batch_size // world
-        mine = batch[rank * per_rank: (rank + 1) * per_rank]
-        n_tok_global = sum(sum(t != -100 for t in lab[1:]) for _, lab in batch)  # loss normaliser
-        lr = lr_at(step, cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        model.train()
-        loss_sum = 0.0
-        for m in range(accum):
-            input_ids, attn, labels = collate(mine[m * cfg.micro_batch_size: (m + 1) * cfg.micro_batch_size],
-                                              tokenizer.pad_token_id)
-            input_ids, attn, labels = input_ids.to(device), attn.to(device), labels.to(device)
-            # NOTE: DDP all-reduces only on the last micro-batch of the step
-            ctx = model.no_sync() if ddp and m < accum - 1 else contextlib.nullcontext()
-            with ctx, autocast:
-                logits = model(input_ids=input_ids, attention_mask=attn).logits  # (B, L, V)
-            nll = sum_token_nll(logits, labels)
-            # NOTE: DDP averages gradients over ranks, so scale by world to get sum / global count
-            loss = nll * world / n_tok_global
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}")
-            loss.backward()
-            loss_sum += nll.item()
-        if cfg.grad_clip > 0:
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
-        else:
-            gnorm = float("nan")
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if ddp:  # every rank joins; the logged loss is the global token mean
-            t = torch.tensor([loss_sum], dtype=torch.float64, device=device)
-            dist.all_reduce(t)
-            loss_sum = t.item()
-        dt = time.time() - t0
-        last = {"step": step + 1, "train/loss": loss_sum / max(1, n_tok_global),
-                "train/lr": lr, "train/grad_norm": gnorm, "perf/step_s": dt,
-                "perf/elapsed_s": time.time() - t_start}
-        bar.set_postfix(loss=f"{last['train/loss']:.3f}")
+    last = train(cfg, rt, model, tokenizer, examples, eval_problems, common.MetricsLogger(cfg.out_dir))
 
-        # 4. periodic greedy eval on the first eval_n problems (rank 0 only, no collectives inside)
-        is_last = step + 1 == cfg.max_steps
-        if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or is_last:
-            if master:
-                acc, resp = accuracy(raw_model, tokenizer, eval_problems, cfg.max_new_tokens,
-                                     batch_size=cfg.eval_batch_size)
-                last["eval/greedy_acc"] = acc
-                last["eval/greedy_truncated"] = sum(not f for _, f in resp) / max(1, len(resp))
-                text, fin = resp[0]
-                tqdm.write(f"[step {step + 1}] Q: {eval_problems[0]['question']}\n  gold {eval_problems[0]['answer']}"
-                           f"  correct {grade(text, eval_problems[0]['answer'], fin)}\n  {text!r}")
-            if ddp:
-                dist.barrier()
-        if master and ((step + 1) % 10 == 0 or is_last or "eval/greedy_acc" in last):
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(last) + "\n")
-            if "eval/greedy_acc" in last:
-                tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                    for k, v in last.items()))
-
-    # 5. save (unwrapped model) + meta.json
-    if master:
-        raw_model.save_pretrained(cfg.out_dir)
+    # 5. save (the unwrapped model) + meta.json
+    if rt.master:
+        model.save_pretrained(cfg.out_dir)
         tokenizer.save_pretrained(cfg.out_dir)
-        meta = {"config": dataclasses.asdict(cfg), "step": cfg.max_steps, "metrics": last,
-                "n_params": n_params, "train_wall_s": time.time() - t_start,
-                "torch_threads": torch.get_num_threads(), "world_size": world,
+        meta = {"config": asdict(cfg), "step": cfg.max_steps, "metrics": last,
+                "n_params": sum(p.numel() for p in model.parameters()), "train_wall_s": time.time() - t_start,
+                "torch_threads": torch.get_num_threads(), "world_size": rt.world_size,
                 "command": "python " + " ".join(sys.argv)}
         with open(os.path.join(cfg.out_dir, "meta.json"), "w") as f:
             json.dump(meta, f, indent=2)
         print0(f"saved {cfg.out_dir} ({time.time() - t_start:.0f} s)")
-    if ddp:
-        dist.barrier()
-        dist.destroy_process_group()
+    common.barrier()
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

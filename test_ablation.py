@@ -12,12 +12,13 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
 
 import ablation  # noqa: E402
+import common  # noqa: E402
 import ppo  # noqa: E402
 
 
 def test_ppo_flags_parse_and_hold_the_documented_settings():
     cfg = ablation.Config()
-    ppo_cfg, given = ppo.parse_config(ablation.ppo_flags(cfg) + ["--reward", "prm", "--seed", "1"])
+    ppo_cfg = common.parse_config(ppo.Config, ablation.ppo_flags(cfg) + ["--reward", "prm", "--seed", "1"])
     assert ppo_cfg.policy == cfg.policy == "models/arith-policy-verbose"
     assert (ppo_cfg.steps, ppo_cfg.prompts_per_step, ppo_cfg.samples_per_prompt) == (40, 8, 8)
     assert ppo_cfg.anneal_lr is False  # the ablation holds the learning rate constant

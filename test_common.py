@@ -1,6 +1,7 @@
 """Tests for common.py, the shared plumbing: config parsing (one boolean syntax, unknown flags,
 --help), RunError's one-line exit, the runtime (device, dtype, gloo), model / tokenizer loading
-errors, generation against naive greedy and plain-softmax decoding loops, and metrics.jsonl."""
+errors, problem files, generation against naive greedy and plain-softmax decoding loops, and
+metrics.jsonl."""
 
 import contextlib
 import json
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 import common
+import grading
 from common import RunError, field
 from conftest import ARITH_TOKENIZER, ROOT, build_tiny_model
 
@@ -429,3 +431,41 @@ def test_metrics_logger_wandb_gets_the_rows(tmp_path, monkeypatch):
     log.close()
     assert calls[0][0] == "init" and calls[0][1]["project"] == "proj" and calls[0][1]["config"]["n_steps"] == 5
     assert calls[1:] == [("log", {"step": 2, "a": 1.0}, 2), ("finish",)]
+
+
+# -----------------------------------------------------------------------------
+# Data: load_problems (the problem files every stage reads)
+
+def _write(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return str(path)
+
+
+def test_load_problems_formats(tmp_path):
+    path = _write(tmp_path / "p.jsonl", [
+        {"question": "Q1", "solution": "s", "answer": "3"},
+        {"problem": "Q2", "solution": "\\boxed{4}", "answer": "4"},  # raw MATH row
+        {"question": "Q3", "answer": "work\n#### 1,250"},            # raw GSM8K row
+    ])
+    rows = common.load_problems(path)
+    assert [r["question"] for r in rows] == ["Q1", "Q2", "Q3"]
+    assert [r["answer"] for r in rows] == ["3", "4", "1250"]
+    assert len(common.load_problems(path, limit=2)) == 2
+    arith = common.load_problems("arith", "test", limit=3)
+    assert len(arith) == 3 and all(grading.is_correct(r["solution"], r["answer"]) for r in arith)
+
+
+def test_load_problems_errors(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"row 2"):
+        common.load_problems(_write(tmp_path / "a.jsonl", [{"question": "Q", "answer": "1"}, {"question": "Q"}]))
+    with pytest.raises(ValueError, match=r"row 1"):
+        common.load_problems(_write(tmp_path / "b.jsonl", [{"question": " ", "answer": "1"}]))
+    with pytest.raises(ValueError, match=r"c\.jsonl:2"):
+        common.load_problems(_write(tmp_path / "c.jsonl", [{"question": "Q", "answer": "1"}, "{not json"]))
+    with pytest.raises(FileNotFoundError, match="unknown dataset"):
+        common.load_problems("no-such-dataset")
+    monkeypatch.setattr(common, "DATA_DIR", str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="prepare.py"):
+        common.load_problems("gsm8k")

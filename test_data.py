@@ -1,5 +1,5 @@
 """Tests for data/*/prepare.py: determinism, schema, golds graded correct against their own
-solutions by rewards.is_correct, bad-row handling. Real-data tests skip when ../shared/data is absent."""
+solutions by grading.is_correct, bad-row handling. Real-data tests skip when ../shared/data is absent."""
 
 import importlib.util
 import json
@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+import common
+import grading
 import rewards
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -25,13 +27,15 @@ def load_prepare(name):
 arith = load_prepare("arith")
 gsm8k = load_prepare("gsm8k")
 math_prep = load_prepare("math")
+prm800k = load_prepare("prm800k")
+math_shepherd = load_prepare("math_shepherd")
 
 
 def check_rows(rows):
     for row in rows:
         assert SCHEMA <= set(row), row
         assert all(isinstance(row[k], str) and row[k].strip() for k in SCHEMA), row
-        assert rewards.is_correct(row["solution"], row["answer"]), row
+        assert grading.is_correct(row["solution"], row["answer"]), row
 
 
 # -----------------------------------------------------------------------------
@@ -51,12 +55,12 @@ def test_arith_shipped_files_match_the_seeded_generator():
     """data/arith/{train,test}.jsonl are exactly what the default command regenerates."""
     train, test = arith.make_splits(seed=1337, n_train=10000, n_test=500,
                                     min_operands=3, max_operands=5, max_value=99)
-    assert rewards.read_jsonl(os.path.join(ROOT, "data", "arith", "train.jsonl")) == train
-    assert rewards.read_jsonl(os.path.join(ROOT, "data", "arith", "test.jsonl")) == test
+    assert common.read_jsonl(os.path.join(ROOT, "data", "arith", "train.jsonl")) == train
+    assert common.read_jsonl(os.path.join(ROOT, "data", "arith", "test.jsonl")) == test
 
 
 def test_arith_schema_steps_and_every_gold_graded_correct():
-    rows = rewards.load_problems("arith", "train") + rewards.load_problems("arith", "test")
+    rows = common.load_problems("arith", "train") + common.load_problems("arith", "test")
     assert len(rows) == 10500
     check_rows(rows)
     for row in rows[:200]:
@@ -66,7 +70,7 @@ def test_arith_schema_steps_and_every_gold_graded_correct():
         assert steps[-1] == f"The answer is \\boxed{{{row['answer']}}}."
     # the grader is not vacuous: a wrong answer against each solution is graded wrong
     for row in rows[:50]:
-        assert not rewards.is_correct(row["solution"], str(int(row["answer"]) + 1))
+        assert not grading.is_correct(row["solution"], str(int(row["answer"]) + 1))
 
 
 def test_arith_problem_arithmetic_is_right():
@@ -95,7 +99,7 @@ def test_arith_tokenizer_ids_and_template():
     tok = AutoTokenizer.from_pretrained(os.path.join(ROOT, "data", "arith", "tokenizer"))
     assert (tok.pad_token_id, tok.eos_token_id, tok.convert_tokens_to_ids("<step>")) == (0, 1, 2)
     assert tok.padding_side == "left"
-    assert rewards.build_prompt(tok, "Compute 1 + 2.") == "Q: Compute 1 + 2.\nA: "
+    assert common.build_prompt(tok, "Compute 1 + 2.") == "Q: Compute 1 + 2.\nA: "
     text = "37 + 12 = 49\n\n49 - 8 = 41\n\nThe answer is \\boxed{41}."
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert len(ids) == len(text) and tok.decode(ids) == text  # char-level round trip
@@ -139,7 +143,7 @@ def test_gsm8k_bad_rows_error_or_skip(tmp_path, bad, reason):
     with pytest.raises(ValueError, match=rf"test\.jsonl:2: .*{reason}"):
         gsm8k.main(["--source", str(src), "--splits", "test", "--out-dir", str(out)])
     gsm8k.main(["--source", str(src), "--splits", "test", "--out-dir", str(out), "--skip-bad"])
-    rows = rewards.read_jsonl(out / "test.jsonl")
+    rows = common.read_jsonl(out / "test.jsonl")
     assert len(rows) == 2
     assert gsm8k.convert_lines([good, bad, good], "x", skip_bad=True)[1] == 1
 
@@ -154,16 +158,16 @@ def test_gsm8k_main_deterministic(tmp_path):
     for split in ("train", "test"):
         a, b = (tmp_path / d / f"{split}.jsonl" for d in "ab")
         assert a.read_bytes() == b.read_bytes()
-    assert len(rewards.load_problems(str(tmp_path / "a" / "train.jsonl"))) == 3
+    assert len(common.load_problems(str(tmp_path / "a" / "train.jsonl"))) == 3
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "gsm8k")), reason="no ../shared/data/gsm8k")
 def test_gsm8k_real_test_split(tmp_path):
     gsm8k.main(["--source", os.path.join(SHARED, "gsm8k"), "--splits", "test", "--out-dir", str(tmp_path)])
-    rows = rewards.load_problems(str(tmp_path / "test.jsonl"))
+    rows = common.load_problems(str(tmp_path / "test.jsonl"))
     assert len(rows) == 1319
     check_rows(rows)
-    raw = rewards.read_jsonl(os.path.join(SHARED, "gsm8k", "test.jsonl"))
+    raw = common.read_jsonl(os.path.join(SHARED, "gsm8k", "test.jsonl"))
     for r, row in zip(raw, rows):  # the gold is exactly the #### number
         assert row["answer"] == r["answer"].rsplit("####", 1)[1].strip().replace(",", "")
         assert "<<" not in row["solution"] and "####" not in row["solution"]
@@ -204,16 +208,16 @@ def test_math_bad_rows_error_or_skip(tmp_path, bad, reason):
     with pytest.raises(ValueError, match=rf"raw\.jsonl:3: .*{reason}"):
         math_prep.main(["--names", "math500", "--source", src, "--out-root", str(tmp_path)])
     math_prep.main(["--names", "math500", "--source", src, "--out-root", str(tmp_path), "--skip-bad"])
-    assert len(rewards.read_jsonl(tmp_path / "math500" / "test.jsonl")) == 2
+    assert len(common.read_jsonl(tmp_path / "math500" / "test.jsonl")) == 2
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "math500")), reason="no ../shared/data/math500")
 def test_math500_real(tmp_path):
     math_prep.main(["--names", "math500", "--out-root", str(tmp_path)])
-    rows = rewards.load_problems(str(tmp_path / "math500" / "test.jsonl"))
+    rows = common.load_problems(str(tmp_path / "math500" / "test.jsonl"))
     assert len(rows) == 500
     check_rows(rows[:150])  # NOTE: a slice keeps the file fast; all 500 (and all MATH test) pass
-    raw = rewards.read_jsonl(os.path.join(SHARED, "math500", "test.jsonl"))
+    raw = common.read_jsonl(os.path.join(SHARED, "math500", "test.jsonl"))
     assert [r["answer"] for r in rows] == [r["answer"] for r in raw]
 
 
@@ -224,7 +228,69 @@ def test_math_real_train_has_bad_rows_that_skip_bad_counts(tmp_path):
         math_prep.main(["--names", "math", "--splits", "train", "--out-root", str(tmp_path)])
     math_prep.main(["--names", "math", "--source", src, "--splits", "train,test",
                     "--out-root", str(tmp_path), "--skip-bad"])
-    assert len(rewards.read_jsonl(tmp_path / "math" / "train.jsonl")) == 7498  # 7500 minus 2 empty answers
-    test = rewards.load_problems(str(tmp_path / "math" / "test.jsonl"))
+    assert len(common.read_jsonl(tmp_path / "math" / "train.jsonl")) == 7498  # 7500 minus 2 empty answers
+    test = common.load_problems(str(tmp_path / "math" / "test.jsonl"))
     assert len(test) == 5000
     check_rows(test[:100])
+
+
+# -----------------------------------------------------------------------------
+# step-labeled data: PRM800K, Math-Shepherd (the schema prm_train.py --data reads)
+
+def test_math_shepherd_reader():
+    rows = [{"input": "Janet has 3 eggs. Step 1: She eats 1, so 3 - 1 = 2 ки\nStep 2: The answer is: 2 ки",
+             "label": "Janet has 3 eggs. Step 1: She eats 1, so 3 - 1 = 2 +\nStep 2: The answer is: 2 -",
+             "task": "GSM8K"}]
+    (r,) = math_shepherd.read_math_shepherd(rows)
+    assert r["question"] == "Janet has 3 eggs."
+    assert r["steps"] == ["She eats 1, so 3 - 1 = 2", "The answer is: 2"]
+    assert r["labels"] == [1.0, 0.0] and r["correct"] == 0
+    bad = [{"input": "q Step 1: a ки", "label": "q Step 1: a ?"}]
+    with pytest.raises(ValueError, match="does not match"):
+        math_shepherd.read_math_shepherd(bad)
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "prm800k_examples")),
+                    reason="../shared/data/prm800k_examples absent")
+def test_prm800k_reader():
+    d = os.path.join(SHARED, "prm800k_examples")
+    recs = prm800k.read_prm800k(prm800k.read_rows([os.path.join(d, "phase1_train_example.json")]))
+    assert len(recs) == 3
+    first = recs[0]
+    assert first["question"].startswith("Three pencils") and first["answer"] == "29"
+    assert len(first["steps"]) == 6 and first["labels"] == [1.0] * 6 and first["correct"] == 1
+    # phase 2: a neutral step, then the trajectory ends at the step rated -1
+    (p2, *_) = prm800k.read_prm800k(prm800k.read_rows([os.path.join(d, "phase2_train_example.json")]), neutral=0.5)
+    assert p2["labels"] == [1.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.0] and p2["correct"] == 0
+    assert all("\n\n" not in s for r in recs for s in r["steps"])
+
+
+def test_step_label_readers_refuse_each_others_rows():
+    ms_row = {"input": "q Step 1: a ки", "label": "q Step 1: a +"}
+    prm_row = {"question": {"problem": "q"}, "label": {"steps": []}}
+    with pytest.raises(ValueError, match="data/math_shepherd/prepare.py"):
+        prm800k.read_prm800k([ms_row])
+    with pytest.raises(ValueError, match="data/prm800k/prepare.py"):
+        math_shepherd.read_math_shepherd([prm_row])
+
+
+def test_step_label_prepare_scripts_write_the_schema(tmp_path):
+    """main() of both scripts on a local file (pretty-printed JSON objects): one JSONL line per
+    solution with question / steps / labels / correct, one label per step, no separator in a step."""
+    ms_raw = tmp_path / "ms.json"
+    ms_raw.write_text(json.dumps({"input": "Q? Step 1: a\n\nb ки\nStep 2: c ки", "label": "Q? Step 1: a\n\nb +\nStep 2: c +"},
+                                 indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    math_shepherd.main(["--source", str(ms_raw), "--out", str(tmp_path / "ms.jsonl")])
+    (r,) = common.read_jsonl(tmp_path / "ms.jsonl")
+    assert r == {"question": "Q?", "steps": ["a\nb", "c"], "labels": [1.0, 1.0], "correct": 1}
+    comps = [{"text": "x = 1", "rating": 1}, {"text": "x = 2", "rating": -1}]
+    prm_raw = tmp_path / "prm.jsonl"
+    prm_raw.write_text(json.dumps({"question": {"problem": "P", "ground_truth_answer": "1"},
+                                   "label": {"finish_reason": "solution",
+                                             "steps": [{"completions": comps, "chosen_completion": 0},
+                                                       {"completions": [{"text": "so 1", "rating": 0}],
+                                                        "chosen_completion": 0}]}}) + "\n")
+    out = tmp_path / "prm" / "train.jsonl"
+    prm800k.main(["--source", str(prm_raw), "--neutral", "0.5", "--out", str(out)])
+    (r,) = common.read_jsonl(out)
+    assert r == {"question": "P", "answer": "1", "steps": ["x = 1", "so 1"], "labels": [1.0, 0.5], "correct": 1}

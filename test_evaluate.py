@@ -1,7 +1,9 @@
 """Tests for evaluate.py: the metric helpers against brute force, grading robustness, generation
 padding invariance, subprocess smoke runs on a tiny model (arith and GSM8K-format rows, best-of-N
-with a tiny PRM / ORM), bad input, and plot mode."""
+with a tiny PRM / ORM), bad input; and scripts/plot.py (the former plot mode)."""
 
+import dataclasses
+import importlib
 import itertools
 import json
 import math
@@ -12,9 +14,12 @@ import sys
 import pytest
 import torch
 
+import common
 import evaluate as ev
 import rewards
 from conftest import ROOT, build_tiny_model
+
+plot = importlib.import_module("scripts.plot")
 
 
 # -----------------------------------------------------------------------------
@@ -62,11 +67,11 @@ def test_maj_at_k_averages_disjoint_chunks():
     assert ev.maj_at_k(answers[::-1], correct[::-1], 3) == pytest.approx(1 / 2)  # [3,3,-] right
 
 
-def test_repeated_step_count_whitespace_normalised():
+def test_repeated_steps_whitespace_normalised():
     steps = ["3 + 4 = 7", "7 +  1 = 8", "3  +\t4 = 7", "7 + 1 = 8", "3 + 4 = 7", "3 + 4 = 70"]
-    assert ev.repeated_step_count(steps) == 3
-    assert ev.repeated_step_count([]) == 0
-    assert ev.repeated_step_count(["a", "A"]) == 0  # case matters: only whitespace is normalised
+    assert rewards.repeated_steps(steps) == 3
+    assert rewards.repeated_steps([]) == 0
+    assert rewards.repeated_steps(["a", "A"]) == 0  # case matters: only whitespace is normalised
     resp = "1 + 1 = 2\n\n1 + 1 = 2\n\n 1 + 1 =  2 \n\nThe answer is \\boxed{2}."
     rec = ev.measure(resp, truncated=False, n_tokens=10)
     assert (rec["steps"], rec["repeated_steps"], rec["answer"]) == (4, 2, "2")
@@ -140,7 +145,7 @@ def test_grade_counts_failures_and_truncation_without_crashing():
         ("\\boxed{3}", "", False),                    # unparsable gold: counted error, not a crash
         ("\x00\\boxed{" * 50, "3", False),            # garbage
     ]]
-    ev.grade(recs, processes=1)
+    ev.grade(recs, workers=1)
     assert [r["correct"] for r in recs] == [True, False, False, True, False, False]
     assert [r["grading_error"] is not None for r in recs] == [False] * 4 + [True, False]
 
@@ -154,13 +159,11 @@ def test_left_padded_batch_gives_the_same_greedy_responses(tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     qs = ["Compute 1 + 2.", "Compute 13 - 4 + 88 - 7 + 21.", "Compute 5 - 6 + 7."]
-    ids = [tok(rewards.build_prompt(tok, q), add_special_tokens=False).input_ids for q in qs]
-    kw = dict(do_sample=False, temperature=1.0, top_p=1.0, max_new_tokens=8, pad_id=tok.pad_token_id,
-              eos_ids={tok.eos_token_id})
-    batched = ev.generate(model, ids, batch_size=3, **kw)
-    alone = [ev.generate(model, [p], batch_size=1, **kw)[0] for p in ids]
-    assert batched == alone
-    assert all(len(t) <= 8 and (trunc == (len(t) == 8 and tok.eos_token_id not in t)) for t, trunc in batched)
+    cfg = ev.Config(greedy=True, samples=0, max_new_tokens=8, batch_size=3)
+    jobs, batched = ev.generate_responses(model, tok, qs, cfg)
+    alone = [ev.generate_responses(model, tok, [q], dataclasses.replace(cfg, batch_size=1))[1][0] for q in qs]
+    assert jobs == [(0, "greedy", 0), (1, "greedy", 0), (2, "greedy", 0)] and batched == alone
+    assert all(len(t) <= 8 and ((not fin) == (len(t) == 8 and tok.eos_token_id not in t)) for t, fin in batched)
 
 
 class ScriptedLM(torch.nn.Module):
@@ -168,9 +171,12 @@ class ScriptedLM(torch.nn.Module):
     unpadded prompt ids), cut at max_new_tokens and right-padded with pad_id as Hugging Face does."""
 
     def __init__(self, script):
+        from transformers import GenerationConfig
+
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))  # generate() reads the device from a parameter
         self.script = script
+        self.generation_config = GenerationConfig()  # common.generate swaps it for a clean one
 
     def generate(self, input_ids, attention_mask, generation_config):
         T, pad = generation_config.max_new_tokens, generation_config.pad_token_id
@@ -189,7 +195,8 @@ def test_response_tokens_count_eos_when_finished_not_when_truncated(pad_is_eos):
 
     tok = AutoTokenizer.from_pretrained(ARITH_TOKENIZER)  # one token per character
     eos, budget = tok.eos_token_id, 20
-    pad = eos if pad_is_eos else tok.pad_token_id
+    if pad_is_eos:
+        tok.pad_token = tok.eos_token
     enc = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
     cases = [  # (question, continuation the model emits, hand count, truncated)
         ("Compute 1 + 2.", "\\boxed{3}", 9 + 1, False),  # 9 chars + EOS
@@ -197,10 +204,9 @@ def test_response_tokens_count_eos_when_finished_not_when_truncated(pad_is_eos):
         ("Compute 13 - 4 + 88.", "13 - 4 = 9\n\n9 + 88 = 97", 20, True),  # 24 chars: cut at 20, no EOS
         ("Compute 5 - 6.", "5 - 6 = -1\n\n\\boxed{-1}", 20, True),  # 22 chars, EOS token 23: cut at 20
     ]
-    prompts = [enc(rewards.build_prompt(tok, q)) for q, *_ in cases]
+    prompts = [enc(common.build_prompt(tok, q)) for q, *_ in cases]
     script = {tuple(p): enc(c) + [eos] for p, (_, c, *_) in zip(prompts, cases)}
-    gen = ev.generate(ScriptedLM(script), prompts, do_sample=False, temperature=1.0, top_p=1.0,
-                      max_new_tokens=budget, batch_size=4, pad_id=pad, eos_ids={eos})
+    gen = common.generate(ScriptedLM(script), tok, prompts, budget, batch_size=4, eos_ids={eos})
     problems = [{"question": q, "answer": "3"} for q, *_ in cases]
     recs = ev.response_records([(i, "greedy", 0) for i in range(len(cases))], gen, problems, tok)
     assert [r["response_tokens"] for r in recs] == [n for *_, n, _ in cases]
@@ -243,7 +249,7 @@ def test_smoke_arith_and_gsm8k_rows(tiny_model_dir, tmp_path):
             f.write(json.dumps({"question": q, "answer": a}) + "\n")
     for dataset, limit in [("arith", "3"), (str(gsm), "0")]:
         out = tmp_path / f"out-{os.path.basename(dataset)}"
-        p = run_eval("--policy", tiny_model_dir, "--dataset", dataset, "--limit", limit,
+        p = run_eval("--policy", tiny_model_dir, "--dataset", dataset, "--eval-limit", limit,
                      "--samples", "2", "--max-new-tokens", "12", "--batch-size", "4", "--out-dir", str(out))
         res, samples = read_outputs(out)
         assert all(k in res for k in REQUIRED_KEYS), sorted(res)
@@ -266,7 +272,7 @@ def test_shipped_arith_policy_end_to_end(tmp_path):
     # the trained policy answers in the boxed format; its grades must agree with an independent
     # string comparison (arith answers are integers), and it must get some right
     out = tmp_path / "policy"
-    run_eval("--policy", ARITH_POLICY, "--limit", "8", "--samples", "2", "--out-dir", str(out))
+    run_eval("--policy", ARITH_POLICY, "--eval-limit", "8", "--samples", "2", "--out-dir", str(out))
     res, samples = read_outputs(out)
     assert res["no_answer_fraction"] == 0.0 and res["truncated_fraction"] == 0.0
     assert res["greedy_accuracy"] > 0.0 and res["steps_per_response"] >= 2
@@ -286,7 +292,7 @@ def test_best_of_n_with_tiny_prm_and_orm(tiny_model_dir, tiny_rm_dir, tmp_path):
     if not hasattr(rewards, "load_reward_model"):
         pytest.skip("rewards.load_reward_model has not landed in rewards.py")
     out = tmp_path / "bon"
-    run_eval("--policy", tiny_model_dir, "--dataset", "arith", "--limit", "3", "--samples", "4",
+    run_eval("--policy", tiny_model_dir, "--dataset", "arith", "--eval-limit", "3", "--samples", "4",
              "--max-new-tokens", "24", "--temperature", "1.5", "--prm", tiny_rm_dir, "--orm", tiny_rm_dir,
              "--step-tag", "<step>", "--prm-agg", "last", "--out-dir", str(out))
     res, samples = read_outputs(out)
@@ -320,37 +326,45 @@ def test_best_of_n_with_tiny_prm_and_orm(tiny_model_dir, tiny_rm_dir, tmp_path):
 
 @pytest.mark.parametrize("dataset", ["nope", "data/does/not/exist.jsonl"])
 def test_unknown_dataset_is_a_clear_error(dataset):
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(common.RunError) as e:
         ev.main(["--dataset", dataset, "--policy", "/nonexistent"])
     msg = str(e.value)
     assert "arith, gsm8k, math, math500" in msg and dataset in msg
 
 
-def test_missing_policy_and_bad_flags_are_clear_errors(tmp_path):
-    with pytest.raises(SystemExit) as e:
-        ev.main(["--policy", str(tmp_path / "no-such-policy"), "--limit", "1"])
-    assert "no such directory" in str(e.value) and "no-such-policy" in str(e.value)
-    with pytest.raises(SystemExit) as e:  # caught before any generation
+def test_missing_policy_and_bad_flags_are_clear_errors(tmp_path, capsys):
+    with pytest.raises(common.RunError) as e:
+        ev.main(["--policy", str(tmp_path / "no-such-policy"), "--eval-limit", "1"])
+    assert "not found" in str(e.value) and "no-such-policy" in str(e.value)
+    with pytest.raises(common.RunError) as e:  # caught before any generation
         ev.main(["--policy", str(tmp_path), "--prm", "models/no-such-prm"])
-    assert "--prm models/no-such-prm: no such directory" in str(e.value)
-    assert not ev.looks_local_and_missing("Qwen/Qwen2-1.5B-Instruct")  # a hub id is left to the hub
-    with pytest.raises(SystemExit) as e:  # exists, but is not a model
-        ev.main(["--policy", str(tmp_path), "--limit", "1"])
-    assert "cannot load the policy" in str(e.value)
+    assert "--prm 'models/no-such-prm' not found" in str(e.value)
+    hub_id = "Qwen/Qwen2-1.5B-Instruct"
+    assert common.model_source(hub_id, "--policy", "") == hub_id  # a hub id is left to the hub
+    with pytest.raises(common.RunError) as e:  # exists, but is not a model
+        ev.main(["--policy", str(tmp_path), "--eval-limit", "1"])
+    assert "cannot load --policy" in str(e.value)
     with pytest.raises(SystemExit):
-        ev.parse_config(["--no-such-flag", "1"])
-    with pytest.raises(SystemExit) as e:
+        common.parse_config(ev.Config, ["--no-such-flag", "1"])
+    with pytest.raises(SystemExit) as e:  # a usage error: exit code 2, the allowed values named
         ev.main(["--prm-agg", "mean"])
-    assert "min, product, last" in str(e.value)
-    cfg = ev.parse_config(["--greedy", "false", "--samples", "3", "--plot", "a", "b", "--out-dir", "x"])
-    assert (cfg.greedy, cfg.samples, cfg.plot, cfg.out_dir) == (False, 3, ["a", "b"], "x")
-    assert ev.parse_config(["--greedy"]).greedy is True and ev.parse_config([]).plot == []
+    assert e.value.code == 2 and "'min', 'product', 'last'" in capsys.readouterr().err
+    cfg = common.parse_config(ev.Config, ["--greedy", "false", "--samples", "3", "--out-dir", "x"])
+    assert (cfg.greedy, cfg.samples, cfg.out_dir) == (False, 3, "x")
+    assert common.parse_config(ev.Config, ["--greedy"]).greedy is True
     with pytest.raises(SystemExit):
-        ev.parse_config(["--greedy", "maybe"])
+        common.parse_config(ev.Config, ["--greedy", "maybe"])
+
+
+def test_run_error_exits_2_with_one_line(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--policy", str(tmp_path / "nope")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.startswith("error: --policy ") and p.stderr.count("\n") == 1, p.stderr
 
 
 # -----------------------------------------------------------------------------
-# Plot mode
+# scripts/plot.py (the former plot mode of evaluate.py)
 
 def test_plot_from_synthetic_metrics(tmp_path):
     runs = []
@@ -367,14 +381,13 @@ def test_plot_from_synthetic_metrics(tmp_path):
             if name == "prm":
                 f.write('{"step": 10, "reward/to')  # half-written last line of a running job
         runs.append(str(d / "metrics.jsonl"))
-    out = tmp_path / "plots"
-    ev.main(["--plot", runs[0], str(tmp_path / "runs" / "clip_delta"), "--out-dir", str(out)])
-    png = out / "curves.png"
+    png = tmp_path / "plots" / "curves.png"
+    plot.main([runs[0], str(tmp_path / "runs" / "clip_delta"), "--out", str(png)])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    keys = ev.plot_runs(runs, str(tmp_path / "p2.png"), smooth=3)
+    keys = plot.plot_runs(runs, str(tmp_path / "p2.png"), smooth=3)
     assert keys == ["reward/total", "rollout/accuracy", "rollout/response_tokens",
                     "rollout/steps_per_response", "reward/prm"]
-    xs, ys = ev.series([{"step": 0, "a": 1.0}, {"step": 1, "a": float("nan")}, {"step": 2, "a": 3.0}], "a", 2)
+    xs, ys = plot.series([{"step": 0, "a": 1.0}, {"step": 1, "a": float("nan")}, {"step": 2, "a": 3.0}], "a", 2)
     assert (xs, ys) == ([0, 2], [1.0, 2.0])
-    with pytest.raises(SystemExit):
-        ev.plot_runs([str(tmp_path / "missing.jsonl")], str(tmp_path / "x.png"))
+    with pytest.raises(common.RunError):
+        plot.plot_runs([str(tmp_path / "missing.jsonl")], str(tmp_path / "x.png"))

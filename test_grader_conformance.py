@@ -1,4 +1,4 @@
-"""rewards.is_correct against other projects' grader test suites (Math-Verify, AReaL, NeMo-Skills,
+"""grading.is_correct against other projects' grader test suites (Math-Verify, AReaL, NeMo-Skills,
 Trinity-RFT, hendrycks/math, rLLM, TRL, open-instruct, open-r1): 445 cases with the verdict each
 suite expects, in ../shared/data/external_grader_cases/cases.json (skipped when absent: a clone has
 no ../shared).
@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-import rewards as R
+import grading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CASES = os.path.join(HERE, "..", "shared", "data", "external_grader_cases", "cases.json")
@@ -65,7 +65,7 @@ KNOWN_DISAGREEMENTS = {
 def _verdict(case):
     """True / False, or "raises" when the gold cannot be parsed (ValueError, by design)."""
     try:
-        return R.is_correct(case["response"], case["gold"])
+        return grading.is_correct(case["response"], case["gold"])
     except ValueError:
         return "raises"
 

@@ -17,13 +17,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import common
 import ppo
+import grading
 import rewards
 from conftest import ROOT, build_tiny_model
 
 PY = sys.executable
 TINY = ["--prompts-per-step", "4", "--samples-per-prompt", "2", "--max-new-tokens", "24",
-        "--eval-limit", "4", "--sample-every", "1", "--prm-step-tag", "<step>"]
+        "--eval-limit", "4", "--sample-every", "1", "--step-tag", "<step>"]
 
 
 def ragged(B, T, seed):
@@ -74,6 +76,23 @@ def test_masked_mean_and_whiten_match_naive():
             want = (x[b, t].item() - mean) / std if mask[b, t] else 0.0
             assert w[b, t].item() == pytest.approx(want, abs=1e-4)
     assert ppo.masked_whiten(torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool)).abs().max() == 0  # eps guard
+
+
+def test_explained_variance_matches_naive():
+    mask, v, _ = ragged(6, 8, seed=7)
+    ret = v + 0.5 * torch.randn(6, 8, generator=torch.Generator().manual_seed(8))
+
+    def var(xs):
+        mu = sum(xs) / len(xs)
+        return sum((x - mu) ** 2 for x in xs) / len(xs)
+
+    y = [ret[b, t].item() for b in range(6) for t in range(8) if mask[b, t]]
+    d = [(ret[b, t] - v[b, t]).item() for b in range(6) for t in range(8) if mask[b, t]]
+    junk_v, junk_ret = v.clone(), ret.clone()
+    junk_v[~mask], junk_ret[~mask] = 1e3, -1e3  # padding must not count
+    assert ppo.explained_variance(junk_v, junk_ret, mask) == pytest.approx(1 - var(d) / var(y), abs=1e-5)
+    assert ppo.explained_variance(ret, ret, mask) == pytest.approx(1.0)
+    assert math.isnan(ppo.explained_variance(v, torch.zeros(6, 8), mask))  # constant returns
 
 
 def test_kl_penalty_on_every_response_token_and_success_on_last():
@@ -173,11 +192,6 @@ def test_problem_indices_are_epoch_permutations():
     seen = [i for s in range(5) for i in ppo.problem_indices(s, 4, 10, seed=3)]
     assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
     assert ppo.problem_indices(2, 4, 10, seed=3) == seen[8:12]
-
-
-def test_repeated_steps():
-    assert ppo.repeated_steps(["1 + 2 = 3", "1  +  2 = 3", "3 + 4 = 7", "1 + 2 = 3"]) == 2
-    assert ppo.repeated_steps([]) == 0
 
 
 # -----------------------------------------------------------------------------
@@ -306,9 +320,8 @@ def test_rollout_ref_logprobs_come_from_the_reference_model(tiny_policy, tiny_mo
     critic = AutoModelForTokenClassification.from_pretrained(tiny_model_dir, num_labels=1).eval()
     qs = ["Compute 1 + 2.", "Compute 10 - 200 + 3000 - 4.", "Compute 5 - 6 + 7."]
     cfg = SimpleNamespace(seed=0, max_new_tokens=8, temperature=0.7)
-    rt = SimpleNamespace(device="cpu", B=3, rank=0, n_rows=3, micro=2, eos_ids={tok.eos_token_id},
-                         amp=contextlib.nullcontext())
-    ro = ppo.rollout(model, ref, critic, tok, qs, cfg, rt, step=1)
+    rt = SimpleNamespace(device="cpu", B=3, rank=0, n_rows=3, micro=2, amp=contextlib.nullcontext())
+    ro = ppo.rollout(model, ref, critic, tok, {tok.eos_token_id}, qs, cfg, rt, step=1)
     ids, mask = ppo.encode(tok, qs, "cpu")
     with torch.no_grad():
         for b in range(3):
@@ -342,7 +355,7 @@ def scored_batch(tok):
     n = len(ids)
     ro = SimpleNamespace(resp=resp, lengths=torch.tensor([n + 1, n + 1]), finished=torch.tensor([True, False]),
                          mask=torch.ones(2, n + 1, dtype=torch.bool))
-    assert rewards.is_correct(tok.decode(ids + space, skip_special_tokens=True), "3")  # correct, but truncated
+    assert grading.is_correct(tok.decode(ids + space, skip_special_tokens=True), "3")  # correct, but truncated
     return [{"question": "Compute 1 + 2.", "answer": "3"}] * 2, ro, n
 
 
@@ -387,7 +400,7 @@ def test_ppo_update_matches_a_manual_sgd_loop(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
     torch.manual_seed(0)
     policy0 = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    critic0 = ppo.no_dropout(AutoModelForTokenClassification.from_pretrained(tiny_model_dir, num_labels=1))
+    critic0 = common.no_dropout(AutoModelForTokenClassification.from_pretrained(tiny_model_dir, num_labels=1))
     B, P, T, temp, c, cv, lr = 4, 3, 5, 0.7, 0.2, 0.2, 0.5
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(2, policy0.config.vocab_size, (B, P + T), generator=g)  # (B, L), no prompt padding
@@ -432,7 +445,7 @@ def test_ppo_update_matches_a_manual_sgd_loop(tiny_model_dir):
     cfg = SimpleNamespace(lr=lr, critic_lr=lr, anneal_lr=False, steps=1, ppo_epochs=1, seed=0, prompts_per_step=2,
                           minibatches=2, samples_per_prompt=2, temperature=temp, cliprange=c, cliprange_value=cv,
                           fsdp=False, max_grad_norm=0.0)
-    rt = SimpleNamespace(device="cpu", rank=0, world=1, B=B, micro=1, amp=contextlib.nullcontext())
+    rt = SimpleNamespace(device="cpu", rank=0, world_size=1, B=B, micro=1, amp=contextlib.nullcontext())
     ppo.ppo_update(models, optims, ro, adv, returns, cfg, rt, step=1)
 
     def dist_(a, b):
@@ -474,6 +487,8 @@ def test_smoke_run_per_reward_mode(mode, tiny_model_dir, tmp_path):
     assert [r["step"] for r in rows] == [0, 1, 2] and "eval/greedy_accuracy" in rows[-1]
     for r in rows[1:]:
         assert all(k in r and math.isfinite(r[k]) for k in KEYS), r
+        ev = r["value/explained_variance"]  # NaN when the returns are constant (step 1 of `success`: all 0)
+        assert ev <= 1 or math.isnan(ev)
         assert abs(r["policy/first_ratio"] - 1) < 1e-4
     if mode == "success":
         assert all(r["reward/learned"] == 0 for r in rows[1:])
@@ -503,7 +518,8 @@ def test_torchrun_fsdp_two_ranks_matches_one_process(tiny_model_dir, tmp_path):
     for x, y in zip(a, b):
         for k, v in x.items():
             if not k.startswith("perf/"):
-                assert y[k] == pytest.approx(v, rel=1e-3, abs=1e-5), (x["step"], k)
+                # nan_ok: value/explained_variance is NaN on both when the returns are constant
+                assert y[k] == pytest.approx(v, rel=1e-3, abs=1e-5, nan_ok=True), (x["step"], k)
     from safetensors.torch import load_file  # the gathered FSDP checkpoint equals the 1-process one
     wa = load_file(str(tmp_path / "one" / "ckpt" / "policy" / "model.safetensors"))
     wb = load_file(str(tmp_path / "two" / "ckpt" / "policy" / "model.safetensors"))
@@ -545,8 +561,8 @@ def test_sigkill_then_resume_is_bit_identical(tiny_model_dir, tmp_path):
 
 def fail(argv, capsys):
     with pytest.raises(SystemExit) as e:
-        ppo.main(argv)
-    assert e.value.code == 1
+        common.run_main(ppo.main, argv)
+    assert e.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return err

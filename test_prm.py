@@ -11,8 +11,10 @@ import pytest
 import torch
 
 import prm_train
+import common
 import rewards
 from conftest import ARITH_TOKENIZER, ROOT, SHARED_DATA, build_tiny_model
+from test_data import load_prepare
 
 TAG = "<step>"
 SOLUTION = "1 + 1 = 2\n\n2 + 1 = 3\n\nThe answer is \\boxed{3}."
@@ -25,7 +27,7 @@ RS = ["12 + 30 = 42\n\n42 - 5 = 37\n\nThe answer is \\boxed{37}.",
 def naive_scores(model, tokenizer, question, steps, pos_id, neg_id, kind="prm"):
     """Reference: one full forward per prefix, P(pos) among {pos, neg} from the last logits."""
     out = []
-    prompt = rewards.build_prompt(tokenizer, question)
+    prompt = common.build_prompt(tokenizer, question)
     ks = range(len(steps)) if kind == "prm" else [len(steps) - 1]
     for k in ks:
         sep_tag = TAG if kind == "prm" else ""
@@ -49,7 +51,7 @@ def bpe_model_dir(tmp_path_factory):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    rows = rewards.load_problems("arith", "train", limit=300)
+    rows = common.load_problems("arith", "train", limit=300)
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
@@ -78,7 +80,7 @@ def memo_policy(tmp_path_factory):
     d = build_tiny_model(tmp_path_factory.mktemp("memo-policy"), seed=0)
     tok = AutoTokenizer.from_pretrained(d)
     model = AutoModelForCausalLM.from_pretrained(d)
-    seqs = [tok(rewards.build_prompt(tok, q) + SOLUTION, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    seqs = [tok(common.build_prompt(tok, q) + SOLUTION, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
             for q in QS]
     L = max(map(len, seqs))
     ids = torch.tensor([s + [0] * (L - len(s)) for s in seqs])
@@ -285,37 +287,6 @@ def test_two_class_head_prm_without_remote_code(tmp_path):
 
 
 # -----------------------------------------------------------------------------
-# step-labeled data readers
-
-def test_math_shepherd_reader():
-    rows = [{"input": "Janet has 3 eggs. Step 1: She eats 1, so 3 - 1 = 2 ки\nStep 2: The answer is: 2 ки",
-             "label": "Janet has 3 eggs. Step 1: She eats 1, so 3 - 1 = 2 +\nStep 2: The answer is: 2 -",
-             "task": "GSM8K"}]
-    (r,) = prm_train.read_math_shepherd(rows)
-    assert r["question"] == "Janet has 3 eggs."
-    assert r["steps"] == ["She eats 1, so 3 - 1 = 2", "The answer is: 2"]
-    assert r["labels"] == [1.0, 0.0] and r["correct"] == 0
-    bad = [{"input": "q Step 1: a ки", "label": "q Step 1: a ?"}]
-    with pytest.raises(ValueError, match="does not match"):
-        prm_train.read_math_shepherd(bad)
-
-
-@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "prm800k_examples")),
-                    reason="../shared/data/prm800k_examples absent")
-def test_prm800k_reader():
-    d = os.path.join(SHARED_DATA, "prm800k_examples")
-    recs = prm_train.read_step_data(os.path.join(d, "phase1_train_example.json"))  # auto-detected
-    assert len(recs) == 3
-    first = recs[0]
-    assert first["question"].startswith("Three pencils") and first["answer"] == "29"
-    assert len(first["steps"]) == 6 and first["labels"] == [1.0] * 6 and first["correct"] == 1
-    # phase 2: a neutral step, then the trajectory ends at the step rated -1
-    (p2, *_) = prm_train.read_step_data(os.path.join(d, "phase2_train_example.json"), neutral=0.5)
-    assert p2["labels"] == [1.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.0] and p2["correct"] == 0
-    assert all("\n\n" not in s for r in recs for s in r["steps"])
-
-
-# -----------------------------------------------------------------------------
 # labeling and training
 
 def test_labeling_batches_all_prefixes_in_one_generate(memo_policy, monkeypatch):
@@ -327,7 +298,7 @@ def test_labeling_batches_all_prefixes_in_one_generate(memo_policy, monkeypatch)
     orig = model.generate
 
     def counting_generate(*a, **kw):
-        calls.append((kw["input_ids"].shape[0], kw["num_return_sequences"]))
+        calls.append(kw["input_ids"].shape[0])  # sequences: prompts x samples each
         return orig(*a, **kw)
 
     monkeypatch.setattr(model, "generate", counting_generate)
@@ -337,7 +308,7 @@ def test_labeling_batches_all_prefixes_in_one_generate(memo_policy, monkeypatch)
                                            temperature=0.3, top_p=1.0, max_new_tokens=60, gen_batch=256,
                                            step_sep="\n\n", include_self=True)
     n_prefixes = sum(len(r["steps"]) - 1 for r in recs)
-    assert calls == [(2, 2), (n_prefixes, 3)]  # one call for the solutions, ONE for all prefixes
+    assert calls == [2 * 2, n_prefixes * 3]  # one call for the solutions, ONE for all prefixes
     assert stats["rollouts"] == 4 + 3 * n_prefixes and stats["gen_tokens"] > 0
     assert len(recs) == 4 and n_prefixes > 0
     for r in recs:
@@ -347,6 +318,32 @@ def test_labeling_batches_all_prefixes_in_one_generate(memo_policy, monkeypatch)
             assert r["labels"] == [1.0] * len(r["steps"])  # its own continuation reaches the gold
         if r["answer"] == "-2":  # the policy only ever answers 3
             assert r["correct"] == 0 and max(r["labels"]) == 0.0
+
+
+def test_sample_n_draws_as_one_generate_with_num_return_sequences(tiny_model_dir):
+    """sample_n (common.generate, each text n times in a row) samples exactly what one Hugging Face
+    generate call with num_return_sequences = n does from the same seed: the labels stay the same."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():  # NOTE: at init the next-token distribution is near uniform, so the draws
+        model.get_input_embeddings().weight.mul_(3)  # would not depend on the prompt (tied: sharper)
+    texts = [common.build_prompt(tok, q) + p for q, p in zip(QS[:2], ["12 + 30 = 42\n\n", ""])]
+    budgets, n = [9, 14], 3
+    torch.manual_seed(0)
+    got, n_tok = prm_train.sample_n(model, tok, texts, n, budgets, 1.0, 1.0)
+    torch.manual_seed(0)
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)  # left-padded
+    with torch.no_grad():
+        seq = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=n,
+                             max_new_tokens=max(budgets), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    ref = []
+    for j, row in enumerate(seq[:, enc["input_ids"].shape[1]:].tolist()):
+        row = row[: budgets[j // n]]
+        fin = tok.eos_token_id in row
+        ref.append((row[: row.index(tok.eos_token_id)] if fin else row, fin))
+    assert got == ref and n_tok == sum(len(ids) + fin for ids, fin in ref)
 
 
 def test_correct_solutions_skip_rollouts_with_exact_hard_labels(memo_policy):
@@ -387,7 +384,7 @@ def test_mc_prefix_is_prompt_steps_and_separator(sep, monkeypatch):
                    for _ in texts for t, fin in ((hit, True), (hit, False), (miss, True), (miss, True))]
         return out, sum(len(ids) + fin for ids, fin in out)
 
-    monkeypatch.setattr(prm_train, "sample_continuations", scripted)
+    monkeypatch.setattr(prm_train, "sample_n", scripted)
     problems = [{"question": "Compute 1 + 1 + 1.", "answer": "3"}]
     recs, _ = prm_train.label_problems(None, tok, problems, samples_per_problem=1, completions=4,
                                        temperature=1.0, top_p=1.0, max_new_tokens=60, gen_batch=256,
@@ -439,8 +436,36 @@ def test_labels_resume_without_relabeling(memo_policy, tmp_path):
     assert sorted(json.loads(x)["id"] for x in again) == [0, 0, 1, 1, 2, 2, 3, 3]
     prm_train.main(args)  # nothing left to do
     assert path.read_text().splitlines() == again
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(common.RunError, match="other settings"):
         prm_train.main(args[:-2] + ["--completions", "5", "--out-dir", str(out)])
+
+
+def test_user_errors_are_one_line_run_errors(tmp_path):
+    """Data and setting errors are RunErrors (run_main prints one line, exit 2) that say what to do;
+    raw public data names the prepare script that converts it."""
+    out = ["--out-dir", str(tmp_path / "out")]
+    labeled = tmp_path / "labels.jsonl"
+    labeled.write_text("".join(json.dumps(r) + "\n" for r in _toy_records(4)))
+    raw_prm800k = tmp_path / "raw.jsonl"
+    raw_prm800k.write_text(json.dumps({"question": {"problem": "q"}, "label": {"steps": []}}) + "\n")
+    raw_ms = tmp_path / "ms.jsonl"
+    raw_ms.write_text(json.dumps({"input": "q Step 1: a ки", "label": "q Step 1: a +"}) + "\n")
+    cases = [(["--data", str(raw_prm800k)], "data/prm800k/prepare.py"),
+             (["--data", str(raw_ms)], "data/math_shepherd/prepare.py"),
+             (["--data", str(tmp_path / "missing.jsonl")], "not found"),
+             (["--data", str(labeled), "--init", "models/arith-polcy"], "--init 'models/arith-polcy' not found"),
+             (["--no-mc-correct", "--no-include-self"], "--include-self"),
+             (["--train-only-extra"], "--extra-layers")]
+    for args, msg in cases:
+        with pytest.raises(common.RunError, match=msg):
+            prm_train.main(args + out)
+    prepared = tmp_path / "prepared.jsonl"  # what data/prm800k/prepare.py writes is read as is
+    prm800k = load_prepare("prm800k")
+    recs = [{"question": {"problem": "P"}, "label": {"finish_reason": "solution", "steps": [
+        {"completions": [{"text": "x = 1", "rating": 1}], "chosen_completion": 0}]}}]
+    prm800k.write_jsonl(str(prepared), prm800k.read_prm800k(recs))
+    assert prm_train.read_records(str(prepared)) == [
+        {"question": "P", "answer": None, "steps": ["x = 1"], "labels": [1.0], "correct": 1}]
 
 
 def _toy_records(n):

@@ -10,6 +10,8 @@ import sys
 import pytest
 import torch
 
+import common
+import grading
 import rewards
 import sft
 
@@ -27,7 +29,7 @@ def tok():
 
 def test_tokenize_example_masks_the_prompt(tok):
     ids, labels = sft.tokenize_example(tok, "Compute 1 + 2.", "1 + 2 = 3\n\nThe answer is \\boxed{3}.", 256)
-    prompt = rewards.build_prompt(tok, "Compute 1 + 2.")
+    prompt = common.build_prompt(tok, "Compute 1 + 2.")
     n_prompt = len(prompt)  # char-level tokenizer
     assert len(ids) == len(labels) == n_prompt + len("1 + 2 = 3\n\nThe answer is \\boxed{3}.") + 1
     assert labels[:n_prompt] == [-100] * n_prompt
@@ -66,29 +68,31 @@ def test_lr_schedule():
 
 
 def test_config_flags():
-    cfg = sft.parse_config(["--max-steps", "7", "--eval-only", "--init", "x"])
+    cfg = common.parse_config(sft.Config, ["--max-steps", "7", "--eval-only", "--init", "x"])
     assert (cfg.max_steps, cfg.eval_only, cfg.init) == (7, True, "x")
     with pytest.raises(SystemExit):
-        sft.parse_config(["--max_steps", "7"])  # unknown flag (underscores) is an error
+        common.parse_config(sft.Config, ["--max_steps", "7"])  # unknown flag (underscores) is an error
     with pytest.raises(SystemExit):
-        sft.parse_config(["--no-such-flag", "1"])
+        common.parse_config(sft.Config, ["--no-such-flag", "1"])
+    with pytest.raises(SystemExit):  # was silently False
+        common.parse_config(sft.Config, ["--eval-only", "flase"])
 
 
-def test_grade_truncated_is_wrong():
-    assert sft.grade("1 + 2 = 3\n\nThe answer is \\boxed{3}.", "3", finished=True)
-    assert not sft.grade("1 + 2 = 3\n\nThe answer is \\boxed{3}.", "3", finished=False)
-    assert not sft.grade("The answer is \\boxed{4}.", "3", finished=True)
+def test_success_truncated_is_wrong():
+    """sft's accuracy is rewards.success_rewards: EOS and the right answer."""
+    assert rewards.success_rewards(["1 + 2 = 3\n\nThe answer is \\boxed{3}."], ["3"], [True]) == [1.0]
+    assert rewards.success_rewards(["1 + 2 = 3\n\nThe answer is \\boxed{3}."], ["3"], [False]) == [0.0]
+    assert rewards.success_rewards(["The answer is \\boxed{4}."], ["3"], [True]) == [0.0]
 
 
-def test_batched_greedy_equals_one_by_one(tiny_model_dir):
-    """Left padding in a batch must not change a greedy continuation."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    tk = AutoTokenizer.from_pretrained(tiny_model_dir)
-    qs = ["Compute 1 + 2.", "Compute 45 - 67 + 891 - 2 + 33.", "Compute 9 - 9 - 9."]
-    batched = sft.generate(model, tk, qs, max_new_tokens=12)
-    single = [sft.generate(model, tk, [q], max_new_tokens=12)[0] for q in qs]
+def test_accuracy_batched_greedy_equals_one_by_one(tiny_model_dir):
+    """Left padding in a batch must not change a greedy continuation (sft.accuracy, batches of 3 vs 1)."""
+    model = common.load_model(tiny_model_dir)
+    tk = common.load_tokenizer(tiny_model_dir)
+    problems = [{"question": q, "answer": "3"} for q in
+                ["Compute 1 + 2.", "Compute 45 - 67 + 891 - 2 + 33.", "Compute 9 - 9 - 9."]]
+    _, batched = sft.accuracy(model, tk, problems, max_new_tokens=12, batch_size=3)
+    single = [sft.accuracy(model, tk, [p], max_new_tokens=12, batch_size=1)[1][0] for p in problems]
     assert batched == single
 
 
@@ -102,7 +106,7 @@ def run_sft(args, torchrun=False):
 
 TINY = ["--init", "scratch", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--n-inner", "64",
         "--max-steps", "4", "--batch-size", "8", "--micro-batch-size", "2", "--warmup-steps", "2",
-        "--eval-n", "3", "--max-new-tokens", "8", "--eval-every", "2"]
+        "--eval-limit", "3", "--max-new-tokens", "8", "--eval-every", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +125,7 @@ def test_sft_smoke_saves_loadable_checkpoint(smoke_run):
 
     out = smoke_run
     rows = read_metrics(out)
-    assert [r["step"] for r in rows if "eval/greedy_acc" in r] == [2, 4]
+    assert [r["step"] for r in rows if "eval/greedy_accuracy" in r] == [2, 4]
     assert all(math.isfinite(r["train/loss"]) for r in rows)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["config"]["max_steps"] == 4 and meta["config"]["n_embd"] == 32 and meta["step"] == 4
@@ -129,7 +133,7 @@ def test_sft_smoke_saves_loadable_checkpoint(smoke_run):
     tk = AutoTokenizer.from_pretrained(out)
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.hidden_size == 32
     assert (model.generation_config.pad_token_id, model.generation_config.eos_token_id) == (0, 1)
-    enc = tk([rewards.build_prompt(tk, "Compute 1 + 2.")], return_tensors="pt", add_special_tokens=False)
+    enc = tk([common.build_prompt(tk, "Compute 1 + 2.")], return_tensors="pt", add_special_tokens=False)
     seq = model.generate(**enc, max_new_tokens=5)
     assert seq.shape[1] <= enc["input_ids"].shape[1] + 5
 
@@ -145,12 +149,12 @@ def test_scratch_qwen2_builds_and_runs(tok):
 
 def test_qwen2_checkpoint_reloads_the_char_tokenizer_unchanged(tok, tmp_path):
     """transformers 5 would reload a qwen2 checkpoint's tokenizer as Qwen2Tokenizer, which drops the
-    spaces of our char vocabulary; rewards.load_tokenizer (used by every stage) keeps it as saved."""
+    spaces of our char vocabulary; common.load_tokenizer (used by every stage) keeps it as saved."""
     cfg = sft.Config(arch="qwen2", n_layer=1, n_embd=32, n_head=2, n_inner=64)
     sft.build_scratch_model(cfg, tok).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     text = "Q: Compute 12 + 3.\nA: 12 + 3 = 15\n\nThe answer is \\boxed{15}."
-    tk = rewards.load_tokenizer(str(tmp_path))
+    tk = common.load_tokenizer(str(tmp_path))
     ids = tk(text, add_special_tokens=False)["input_ids"]
     assert ids == tok(text, add_special_tokens=False)["input_ids"] and tk.decode(ids) == text
 
@@ -160,7 +164,7 @@ def test_sft_fine_tunes_a_pretrained_path_and_is_deterministic(tiny_model_dir, t
     from safetensors.torch import load_file
 
     args = ["--init", tiny_model_dir, "--max-steps", "2", "--batch-size", "4", "--micro-batch-size", "4",
-            "--eval-every", "0", "--eval-n", "2", "--max-new-tokens", "4"]
+            "--eval-every", "0", "--eval-limit", "2", "--max-new-tokens", "4"]
     sft.main(args + ["--out-dir", str(tmp_path / "a")])
     sft.main(args + ["--out-dir", str(tmp_path / "b")])
     a = load_file(tmp_path / "a" / "model.safetensors")
@@ -171,11 +175,11 @@ def test_sft_fine_tunes_a_pretrained_path_and_is_deterministic(tiny_model_dir, t
 
 
 def test_eval_only_reports_greedy_and_sampling(tiny_model_dir, tmp_path):
-    sft.main(["--eval-only", "--init", tiny_model_dir, "--eval-n", "3", "--eval-samples", "2",
+    sft.main(["--eval-only", "--init", tiny_model_dir, "--eval-limit", "3", "--eval-samples", "2",
               "--max-new-tokens", "4", "--out-dir", str(tmp_path)])
     (row,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert row["eval/n"] == 3 and row["eval/samples"] == 2
-    assert row["eval/greedy_acc"] == 0.0 and row["eval/sample_acc"] == 0.0  # 4 tokens cannot finish
+    assert row["eval/greedy_accuracy"] == 0.0 and row["eval/sampling_accuracy"] == 0.0  # 4 tokens cannot finish
     assert row["eval/greedy_truncated"] == 1.0
     assert not (tmp_path / "model.safetensors").exists()
 
@@ -203,17 +207,17 @@ def test_shipped_policy_loads_and_answers_in_boxed_form():
     assert size < 10e6, f"models/arith-policy is {size / 1e6:.1f} MB"
     model = AutoModelForCausalLM.from_pretrained(POLICY)
     tk = AutoTokenizer.from_pretrained(POLICY)
-    problems = rewards.load_problems("arith", "test", limit=8)
-    prompts = [rewards.build_prompt(tk, p["question"]) for p in problems]
+    problems = common.load_problems("arith", "test", limit=8)
+    prompts = [common.build_prompt(tk, p["question"]) for p in problems]
     enc = tk(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     seq = model.generate(**enc)  # plain generate: generation_config is greedy, max_new_tokens 160
     n_correct = 0
     for p, row in zip(problems, seq[:, enc["input_ids"].shape[1]:].tolist()):
         assert tk.eos_token_id in row, "response hit the length limit"
         text = tk.decode(row, skip_special_tokens=True)
-        assert rewards.extract_answer(text) is not None and "\\boxed{" in text, text
+        assert grading.extract_answer(text) is not None and "\\boxed{" in text, text
         assert len(rewards.split_steps(text)) >= 2, text
-        n_correct += rewards.is_correct(text, p["answer"])
+        n_correct += grading.is_correct(text, p["answer"])
     assert 0 < n_correct < len(problems) or len(problems) < 8  # neither solved nor hopeless
     meta = json.loads(open(os.path.join(POLICY, "meta.json")).read())
     assert meta["config"]["init"] == "scratch"

@@ -1,5 +1,5 @@
 """
-Benchmark of success grading (rewards.is_correct / grade_batch): README figures, not a timed test.
+Benchmark of success grading (grading.is_correct / grade_batch): README figures, not a timed test.
 
   1. Latency per (response, gold) pair, median and p99 over real formats: GSM8K solutions against
      their bare gold, MATH solutions against their `answer` (all, and the non-integer ones that
@@ -26,24 +26,25 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import rewards  # noqa: E402
+import common  # noqa: E402
+import grading  # noqa: E402
 
 
 def read(data_dir, rel):
     path = os.path.join(data_dir, rel)
     if not os.path.exists(path):
         sys.exit(f"{path} not found: pass --data-dir (the directory holding gsm8k/ and math/)")
-    return rewards.read_jsonl(path)
+    return common.read_jsonl(path)
 
 
 def latency(pairs):
     """Per-pair seconds for is_correct over `pairs`, golds warmed first."""
     for _, g in pairs:
-        rewards.is_correct("", g)
+        grading.is_correct("", g)
     out = []
     for r, g in pairs:
         t = time.perf_counter()
-        rewards.is_correct(r, g)
+        grading.is_correct(r, g)
         out.append(time.perf_counter() - t)
     return out
 
@@ -61,7 +62,7 @@ def main():
 
     gsm = read(args.data_dir, "gsm8k/test.jsonl")
     math = read(args.data_dir, "math/test.jsonl")
-    arith = rewards.read_jsonl(os.path.join(ROOT, "data", "arith", "test.jsonl"))
+    arith = common.read_jsonl(os.path.join(ROOT, "data", "arith", "test.jsonl"))
     gsm_s = rng.sample(gsm, min(args.pairs, len(gsm)))
     math_s = rng.sample(math, min(args.pairs, len(math)))
     wrong = [math[rng.randrange(len(math))]["answer"] for _ in math_s]
@@ -71,7 +72,7 @@ def main():
         "gsm8k solution vs gold": [(r["answer"], r["answer"].rsplit("####", 1)[1].strip()) for r in gsm_s],
         "math solution vs answer": [(r["solution"], r["answer"]) for r in math_s],
         "math, non-integer answers only": [(r["solution"], r["answer"]) for r in math_s
-                                           if rewards._int_value(r["answer"]) is None],
+                                           if grading._int_value(r["answer"]) is None],
         "math solution vs wrong gold": [(r["solution"], w) for r, w in zip(math_s, wrong)],
         "minerva 'final answer is $X$'": [(f"The final answer is ${r['answer']}$. I hope it is correct.",
                                            r["answer"]) for r in math_s],
@@ -88,20 +89,20 @@ def main():
     batch = rng.sample(math, args.batch)
     responses = [r["solution"] for r in batch]
     golds = [r["answer"] if i % 2 == 0 else math[rng.randrange(len(math))]["answer"] for i, r in enumerate(batch)]
-    rewards._parse_gold.cache_clear()
-    rewards._gold_parsed.cache_clear()
+    grading._parse_gold.cache_clear()
+    grading._gold_parsed.cache_clear()
     t = time.perf_counter()
-    serial = rewards.grade_batch(responses, golds, processes=0)
+    serial = grading.grade_batch(responses, golds, processes=0)
     t_serial = time.perf_counter() - t
     t = time.perf_counter()
-    rewards.grade_batch(responses, golds, processes=args.processes)
+    grading.grade_batch(responses, golds, processes=args.processes)
     t_cold = time.perf_counter() - t
     golds2 = [r["answer"] if i % 2 == 1 else math[rng.randrange(len(math))]["answer"] for i, r in enumerate(batch)]
     t = time.perf_counter()
-    rewards.grade_batch(responses, golds2, processes=args.processes)  # new golds: no warm gold cache
+    grading.grade_batch(responses, golds2, processes=args.processes)  # new golds: no warm gold cache
     t_warm = time.perf_counter() - t
     t = time.perf_counter()
-    pooled = rewards.grade_batch(responses, golds, processes=args.processes)
+    pooled = grading.grade_batch(responses, golds, processes=args.processes)
     t_warm_cached = time.perf_counter() - t
     assert pooled == serial
     print(f"2. batch of {args.batch} MATH responses ({sum(serial)} correct), "
@@ -112,7 +113,7 @@ def main():
     print(f"   grade_batch, warm pool, same golds   {t_warm_cached:7.2f} s")
     print(json.dumps({"serial_s": t_serial, "pool_cold_s": t_cold, "pool_warm_s": t_warm,
                       "pool_warm_cached_s": t_warm_cached, "processes": args.processes}))
-    rewards.close_grading_pools()
+    grading.close_grading_pools()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ Usage (from the repository root; --threads 2 for the README figures on a 2-core 
 Writes --out-dir/bench.json.
 """
 
-import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -30,8 +30,10 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
+import common  # noqa: E402
 import ppo  # noqa: E402
 import rewards  # noqa: E402
+from common import field  # noqa: E402
 
 
 def generated_tokens(rows, eos_ids):
@@ -44,11 +46,10 @@ def generated_tokens(rows, eos_ids):
 
 
 def bench_rollout(policy_path, n_prompts, samples, max_new_tokens, repeats):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(policy_path)
+    tok = common.load_tokenizer(policy_path, "policy")
     tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(policy_path).eval()
-    problems = rewards.load_problems("arith", "train", limit=n_prompts)
+    model = common.load_model(policy_path, "policy", dtype=torch.float32).eval()
+    problems = common.load_problems("arith", "train", limit=n_prompts)
     questions = [p["question"] for p in problems for _ in range(samples)]
     ids, mask = ppo.encode(tok, questions, "cpu")
     B, eos = len(questions), {tok.eos_token_id}
@@ -123,16 +124,19 @@ def bench_step(args):
     return results
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--policy", default="models/arith-policy")
-    p.add_argument("--prm", default="models/arith-prm")
-    p.add_argument("--reward", default="clip_delta")
-    p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out-dir", default="out/bench-ppo")
-    args = p.parse_args()
+@dataclasses.dataclass
+class Config:
+    policy: str = field("models/arith-policy", "policy dir or hub id")
+    prm: str = field("models/arith-prm", "PRM dir or hub id")
+    reward: str = field("clip_delta", "ppo.py --reward for the per-phase timing", choices=ppo.REWARD_MODES)
+    steps: int = field(6, "PPO steps of the per-phase timing (step 1 is warm-up)")
+    repeats: int = field(3, "rollout timing: runs of each sampler (the median is reported)")
+    threads: int = field(2, "torch threads")
+    out_dir: str = field("out/bench-ppo", "bench.json and the PPO run go here")
+
+
+def main(argv=None):
+    args = common.parse_config(Config, argv)
     torch.set_num_threads(args.threads)
     os.makedirs(args.out_dir, exist_ok=True)
     cfg = ppo.Config()
@@ -162,4 +166,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

@@ -2,8 +2,9 @@
 Benchmarks for prm_train.py and the reward-model scorer (README figures; not a timed test).
 
   1. Labeling throughput: completion tokens/s of Math-Shepherd labeling (prm_train.label_problems:
-     every batch of step prefixes in one generate call with num_return_sequences = N) against plain
-     batched `generate` from the prompts on the same model, same sequences per call, same sampling.
+     every batch of step prefixes in one generate call, each prefix N times) against plain batched
+     generation from the prompts (prm_train.sample_n, i.e. common.generate) on the same model, same
+     sequences per call, same sampling.
      Every prefix is rolled out here (mc_correct=True), correct solutions included.
   2. PRM scoring at K = 4 steps: one forward per response (rewards.RewardModel.score, every step read
      at its tag) against the naive way, one forward per step prefix (K forwards, each reading the
@@ -26,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import prm_train  # noqa: E402
+import common  # noqa: E402
 import rewards  # noqa: E402
 
 
@@ -36,8 +38,8 @@ def tiny_model_dir():
 
 
 def bench_labeling(policy_dir, problems, samples, completions, gen_batch, max_new_tokens, repeats):
-    model, tok = prm_train.load_causal_lm(policy_dir, "cpu")
-    model.eval()
+    model = common.load_model(policy_dir, "--policy", dtype=torch.float32).eval()
+    tok = common.load_tokenizer(policy_dir, "--policy")
     best_label, best_plain = None, None
     for _ in range(repeats):
         torch.manual_seed(0)
@@ -49,14 +51,14 @@ def bench_labeling(policy_dir, problems, samples, completions, gen_batch, max_ne
                  "rollouts": st["rollouts"], "wall_s": wall}
         # plain batched generate: the same number of sequences, gen_batch per call, from the prompts
         n_seq = st["rollouts"]
-        prompts = [rewards.build_prompt(tok, p["question"]) for p in problems]
+        prompts = [common.build_prompt(tok, p["question"]) for p in problems]
         per_call = max(1, gen_batch // completions)
         torch.manual_seed(0)
         t0, n_tok, done, calls = time.time(), 0, 0, 0
         while done < n_seq:
             texts = [prompts[(done // completions + i) % len(prompts)] for i in range(per_call)]
             n = min(completions, max(1, (n_seq - done) // len(texts)))
-            _, k = prm_train.sample_continuations(model, tok, texts, n, [max_new_tokens] * len(texts), 1.0, 1.0)
+            _, k = prm_train.sample_n(model, tok, texts, n, [max_new_tokens] * len(texts), 1.0, 1.0)
             n_tok += k
             done += len(texts) * n
             calls += 1
@@ -125,10 +127,10 @@ def main():
     step_tag = None if os.path.exists(os.path.join(prm, "meta.json")) else "<step>"
     print(f"threads {args.threads}; policy {policy}; prm {prm}")
 
-    problems = rewards.load_problems("arith", "test", limit=args.problems)
+    problems = common.load_problems("arith", "test", limit=args.problems)
     label, plain = bench_labeling(policy, problems, args.samples, args.completions, args.gen_batch,
                                   args.max_new_tokens, args.repeats)
-    four = [r for r in rewards.load_problems("arith", "train") if len(rewards.split_steps(r["solution"])) == 4]
+    four = [r for r in common.load_problems("arith", "train") if len(rewards.split_steps(r["solution"])) == 4]
     sc = bench_scoring(prm, step_tag, four[: args.score_n], args.score_batch, args.repeats)
 
     print("\n| benchmark | value |\n|---|---|")

@@ -26,7 +26,7 @@ Algorithm (the numbers match comments in the code)
      RESULTS_DIR/ablation.md and ablation.json. Best-of-N -> the same files.
   5. Plots: per mode (mean over seeds, thin lines per seed) rollout response tokens, steps per
      response, rollout accuracy and greedy eval accuracy vs PPO step -> RESULTS_DIR/ablation_curves.png
-     (+ evaluate.py --plot on the seed-0 runs -> RESULTS_DIR/ablation_curves_seed0.png); decoded
+     (+ scripts/plot.py on the seed-0 runs -> RESULTS_DIR/ablation_curves_seed0.png); decoded
      greedy samples of the prm policy next to the clip_delta one -> RESULTS_DIR/ablation_samples.md.
 
 Commands (what produced results/; see the README for hardware and wall-clock)
@@ -44,7 +44,7 @@ NOTE: runs with the same seed see the same prompts in the same order, so the see
 curves of modes that do not change the length coincide.
 """
 
-import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -52,10 +52,13 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # `python scripts/ablation.py` finds common.py
 PY = sys.executable
+
+import common  # noqa: E402  (after the path line above)
+from common import field  # noqa: E402
 
 # The paper's numbers (METHOD §6): MATH, Qwen2-1.5B-Instruct, greedy / sampling accuracy in %.
 PAPER = {
@@ -64,41 +67,34 @@ PAPER = {
 }
 
 
-@dataclass
+@dataclasses.dataclass
 class Config:
-    modes: str = "success,orm,prm,clip,delta,clip_delta"  # reward modes (comma list)
-    seeds: str = "0,1,2"  # PPO seeds (comma list)
-    steps: int = 40  # PPO steps per run
-    prompts_per_step: int = 8  # ppo.py --prompts-per-step
-    samples_per_prompt: int = 8  # ppo.py --samples-per-prompt
-    lr: float = 3e-5  # ppo.py --lr
-    lam: float = 0.95  # ppo.py --lam
-    beta: float = 0.02  # ppo.py --beta (KL per token)
-    alpha: float = 1.0  # ppo.py --alpha
-    eta: float = 0.5  # ppo.py --eta
-    max_new_tokens: int = 160  # training and evaluation length limit
-    train_eval_every: int = 10  # ppo.py --eval-every (greedy eval curve)
-    train_eval_limit: int = 100  # ppo.py --eval-limit
-    eta_sweep: str = ""  # e.g. "0.3,0.5,0.7,0.9": clip and clip_delta, first seed ('' = off)
-    eval_limit: int = 0  # evaluate.py --limit: the first N arith test problems (0 = all 500)
-    eval_samples: int = 4  # evaluate.py --samples for each trained policy
-    bon_n: int = 8  # best-of-N samples on the starting policy
-    policy: str = "models/arith-policy-verbose"  # the starting policy (see make_verbose_policy)
-    prm: str = "models/arith-prm"
-    orm: str = "models/arith-orm"
-    jobs: int = 2  # concurrent subprocesses (each OMP_NUM_THREADS=1)
-    stages: str = "train,eval,bon,table,plot"  # which stages to run
-    out_dir: str = "out/ablation"  # run dirs, logs, evals (gitignored)
-    results_dir: str = "results"  # small outputs: tables, plots, samples
-    smooth: int = 5  # plot: moving-average window over PPO steps for the rollout curves
-    tag: str = "ablation"  # results file prefix: RESULTS_DIR/<tag>.md, <tag>.json, <tag>_curves.png, ...
-
-
-def parse_args() -> Config:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(Config):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    return Config(**vars(p.parse_args()))
+    modes: str = field("success,orm,prm,clip,delta,clip_delta", "reward modes (comma list)")
+    seeds: str = field("0,1,2", "PPO seeds (comma list)")
+    steps: int = field(40, "PPO steps per run")
+    prompts_per_step: int = field(8, "ppo.py --prompts-per-step")
+    samples_per_prompt: int = field(8, "ppo.py --samples-per-prompt")
+    lr: float = field(3e-5, "ppo.py --lr")
+    lam: float = field(0.95, "ppo.py --lam")
+    beta: float = field(0.02, "ppo.py --beta (KL per token)")
+    alpha: float = field(1.0, "ppo.py --alpha")
+    eta: float = field(0.5, "ppo.py --eta")
+    max_new_tokens: int = field(160, "training and evaluation length limit")
+    train_eval_every: int = field(10, "ppo.py --eval-every (greedy eval curve)")
+    train_eval_limit: int = field(100, "ppo.py --eval-limit")
+    eta_sweep: str = field("", "e.g. '0.3,0.5,0.7,0.9': clip and clip_delta, first seed ('' = off)")
+    eval_limit: int = field(0, "evaluate.py --eval-limit: the first N arith test problems (0 = all 500)")
+    eval_samples: int = field(4, "evaluate.py --samples for each trained policy")
+    bon_n: int = field(8, "best-of-N samples on the starting policy")
+    policy: str = field("models/arith-policy-verbose", "the starting policy (see make_verbose_policy)")
+    prm: str = field("models/arith-prm", "PRM for the prm / clip / delta / clip_delta runs and best-of-N")
+    orm: str = field("models/arith-orm", "ORM for the orm runs and best-of-N")
+    jobs: int = field(2, "concurrent subprocesses (each OMP_NUM_THREADS=1)")
+    stages: str = field("train,eval,bon,table,plot", "which stages to run (comma list; also: verbose)")
+    out_dir: str = field("out/ablation", "run dirs, logs, evals (gitignored)")
+    results_dir: str = field("results", "small outputs: tables, plots, samples")
+    smooth: int = field(5, "plot: moving-average window over PPO steps for the rollout curves")
+    tag: str = field("ablation", "results file prefix: RESULTS_DIR/<tag>.md, <tag>.json, <tag>_curves.png, ...")
 
 
 def ppo_flags(cfg: Config) -> list[str]:
@@ -123,7 +119,7 @@ def sh(cmd: list[str], log: str) -> float:
         f.flush()
         rc = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
     if rc != 0:
-        raise RuntimeError(f"failed ({rc}): {' '.join(cmd)} (see {log})")
+        raise common.RunError(f"failed ({rc}): {' '.join(cmd)} (see {log})")
     return time.time() - t0
 
 
@@ -170,7 +166,7 @@ def evaluate(cfg: Config, policy: str, name: str, samples: int, extra: list[str]
     if os.path.exists(os.path.join(ROOT, out, "results.json")):
         return
     cmd = [PY, "evaluate.py", "--policy", policy, "--dataset", "arith", "--split", "test",
-           "--limit", str(cfg.eval_limit), "--samples", str(samples), "--temperature", "1.0",
+           "--eval-limit", str(cfg.eval_limit), "--samples", str(samples), "--temperature", "1.0",
            "--max-new-tokens", str(cfg.max_new_tokens), "--seed", "0", "--out-dir", out, *extra]
     s = sh(cmd, os.path.join(ROOT, cfg.out_dir, "eval", name + ".log"))
     print(f"eval {name}: {s:.0f}s", flush=True)
@@ -310,7 +306,7 @@ def plot(cfg: Config):
     paths = [p for p in paths if os.path.exists(os.path.join(ROOT, p))]
     if paths:
         tmp = os.path.join(cfg.out_dir, "plot_seed0")
-        sh([PY, "evaluate.py", "--plot", *paths, "--out-dir", tmp], os.path.join(ROOT, cfg.out_dir, "plot_seed0.log"))
+        sh([PY, "scripts/plot.py", *paths, "--out", os.path.join(tmp, "curves.png")], os.path.join(ROOT, cfg.out_dir, "plot_seed0.log"))
         shutil.copy(os.path.join(ROOT, tmp, "curves.png"), os.path.join(ROOT, cfg.results_dir, cfg.tag + "_curves_seed0.png"))
     # Decoded greedy samples: prm next to clip_delta, the first problems.
     def samples(name):
@@ -350,12 +346,12 @@ def make_verbose_policy(cfg: Config):
             fout.write(json.dumps(dict(r, solution="\n\n".join(steps))) + "\n")
     cmd = [PY, "sft.py", "--init", "models/arith-policy", "--dataset", data, "--train-split", "train",
            "--eval-split", "train", "--max-steps", "200", "--lr", "3e-4", "--min-lr", "1e-4", "--warmup-steps", "10",
-           "--eval-every", "1000", "--eval-n", "50", "--out-dir", out]
+           "--eval-every", "1000", "--eval-limit", "50", "--out-dir", out]
     print(f"verbose policy: {sh(cmd, out + '.log'):.0f}s", flush=True)
 
 
-def main():
-    cfg = parse_args()
+def main(argv=None):
+    cfg = common.parse_config(Config, argv)
     os.makedirs(os.path.join(ROOT, cfg.out_dir), exist_ok=True)
     t0 = time.time()
     stages = cfg.stages.split(",")
@@ -366,4 +362,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

@@ -64,23 +64,24 @@ PYTEST_EXIT = {2: "interrupted, e.g. a collection error", 3: "internal error", 4
                5: "no tests selected"}
 
 PPO, PRM, EVAL, REWARDS = ["test_ppo.py"], ["test_prm.py"], ["test_evaluate.py"], ["test_rewards.py"]
+GRADING = ["test_grading.py"]
 
 MUTANTS = [
     # ppo.py: the PPO loss
     Mutant("ppo-clip-min", "ppo.py",
-           '"pg": torch.maximum(-adv * ratio, -adv * clipped)',
-           '"pg": torch.minimum(-adv * ratio, -adv * clipped)',
+           "pg_loss = torch.maximum(pg_loss1, pg_loss2)",
+           "pg_loss = torch.minimum(pg_loss1, pg_loss2)",
            PPO, "PPO clip: min instead of max of the two policy-loss terms"),
     Mutant("ppo-ratio-inverted", "ppo.py",
            "ratio = torch.exp(logp - old_logp)",
            "ratio = torch.exp(old_logp - logp)",
            PPO, "importance ratio old / new instead of new / old"),
     Mutant("ppo-value-clip-removed", "ppo.py",
-           '"vf": 0.5 * torch.maximum(vf1, vf2) * m',
-           '"vf": 0.5 * vf1 * m',
+           "v_loss = 0.5 * torch.maximum(v_loss_unclipped, v_loss_clipped)",
+           "v_loss = 0.5 * v_loss_unclipped",
            PPO, "value loss without the clipped term"),
     Mutant("ppo-loss-microbatch-mean", "ppo.py",
-           'loss = (L["pg"].sum() + L["vf"].sum()) * rt.world / n_tok',
+           'loss = (L["pg"].sum() + L["vf"].sum()) * rt.world_size / n_tok',
            'loss = (L["pg"].sum() + L["vf"].sum()) / ro.mask[r].sum().clamp(min=1)',
            PPO, "loss normalised per micro-batch instead of by the global minibatch's token count"),
     Mutant("ppo-grads-not-zeroed", "ppo.py",
@@ -100,9 +101,9 @@ MUTANTS = [
            "torch.log_softmax(logits / max(temperature, 1e-6), -1)",
            "torch.log_softmax(logits, -1)",
            PPO, "log-probs at temperature 1 whatever the sampling temperature"),
-    Mutant("ppo-truncated-keeps-success", "ppo.py",
-           "float(o and f) for o, f in zip(ok, ro.finished.tolist())",
-           "float(o) for o, f in zip(ok, ro.finished.tolist())",
+    Mutant("ppo-truncated-keeps-success", "rewards.py",
+           "todo = [i for i, f in enumerate(finished) if f]",
+           "todo = list(range(len(finished)))",
            PPO, "a truncated but correct response keeps its success reward"),
     Mutant("ppo-alpha-ignored", "ppo.py",
            "values = cfg.alpha * values * kmask",
@@ -162,10 +163,10 @@ MUTANTS = [
            "return len(prefix) >= c and prefix[c - 1] == text[c - 1]",
            "return len(prefix) >= c",
            ["test_qwen_vocab.py"], "a byte-split last character's reward lands on the token holding its first bytes"),
-    Mutant("grader-comma-space-thousands", "rewards.py",
+    Mutant("grader-comma-space-thousands", "grading.py",
            'if re.search(r",\\s", s):',
            "if False:",
-           REWARDS, "'32, 349' read as the number 32349"),
+           GRADING, "'32, 349' read as the number 32349"),
     # prm_train.py
     Mutant("prm-bce-padded-tags", "prm_train.py",
            "return (loss * tag_mask).sum()",
@@ -179,10 +180,10 @@ MUTANTS = [
            "prefix = text[: ends[k]] + step_sep",
            "prefix = text[: ends[k]]",
            PRM, "MC rollout prefix built without the step separator"),
-    # evaluate.py
-    Mutant("eval-eos-dropped", "evaluate.py",
-           "(toks[:end + 1], False)",
-           "(toks[:end], False)",
+    # common.generate (evaluate.py's responses)
+    Mutant("eval-eos-dropped", "common.py",
+           "Generation(toks[:end + 1], True)",
+           "Generation(toks[:end], True)",
            EVAL, "EOS dropped from the response (and its token count)"),
 ]
 

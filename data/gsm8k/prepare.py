@@ -1,6 +1,6 @@
 """
 GSM8K (Cobbe et al., 2021) in the project schema: data/gsm8k/{train,test}.jsonl with rows
-{"question", "solution", "answer"}, read by rewards.load_problems("gsm8k", split).
+{"question", "solution", "answer"}, read by common.load_problems("gsm8k", split).
 
 Conversion of one raw row {"question", "answer": "<reasoning lines>\\n#### N"}:
   1. answer   = N after the last "####", thousands commas removed ("1,080" -> "1080").

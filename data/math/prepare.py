@@ -2,7 +2,7 @@
 MATH (Hendrycks et al., 2021) and MATH500 (the 500-problem test subset of Lightman et al., 2023) in
 the project schema: data/math/{train,test}.jsonl and data/math500/test.jsonl with rows
 {"question", "solution", "answer", "subject", "level", "unique_id"}, read by
-rewards.load_problems("math" | "math500", split).
+common.load_problems("math" | "math500", split).
 
 Conversion of one raw row {"problem", "solution", ["answer"], ...}:
   1. question = problem, stripped.
