@@ -51,6 +51,8 @@ def convert_row(raw):
     return {"question": question.strip(), "solution": "\n\n".join(steps), "answer": gold}
 
 
+# NOTE: convert_lines, read_split and write_jsonl are deliberate twins of data/math/prepare.py: each prepare
+# script runs alone (nanoGPT's data/*/prepare.py pattern), so a fix here goes there too.
 def convert_lines(lines, source, skip_bad=False):
     """Convert raw JSONL lines; returns (rows, n_skipped). Errors name `source` and the line number."""
     rows, skipped = [], 0

@@ -79,6 +79,8 @@ def convert_row(raw):
     return row
 
 
+# NOTE: convert_lines, read_split and write_jsonl are deliberate twins of data/gsm8k/prepare.py: each prepare
+# script runs alone (nanoGPT's data/*/prepare.py pattern), so a fix here goes there too.
 def convert_lines(lines, source, skip_bad=False):
     """Convert raw JSONL lines; returns (rows, n_skipped). Errors name `source` and the line number."""
     rows, skipped = [], 0
