@@ -12,8 +12,9 @@ Algorithm (the numbers match comments in the code)
      until EOS or `max_new_tokens`, with our own KV-cached loop over left-padded prompts (finished
      rows leave the batch). Old log-probs, reference log-probs and values: one forward pass each,
      log-probs in fp32.
-  2. Rewards: Correct from rewards.success_rewards, 0 for a truncated response (TRUNCATION below).
-     The learned term (--reward orm | prm | clip | delta | clip_delta) from
+  2. Rewards: Correct from rewards.success_rewards, 0 for a truncated response (--truncation below).
+     The learned term (--reward orm | prm | clip | delta | clip_delta | prm_normed | prm_lenpen | min,
+     with --eta, --delta-last, --length-penalty, --min-temperature; formulas in METHOD §2) from
      rewards.load_reward_model(...).score_tokens: P(correct) per step (PRM) or per response (ORM),
      transformed by rewards.transform_step_rewards, times alpha, placed by rewards.place_rewards on
      the token holding each step's last character (ORM and Correct: the last token). Then the KL
@@ -36,9 +37,11 @@ Where to change what: the algorithm is the section between the ALGORITHM and PLU
 banner samples, batches, shards, logs and saves, and changes no number.
 
 Decisions (not in the paper)
-  - TRUNCATION = "zero-success": a response cut at max_new_tokens ends there with Correct = 0; its
-    learned terms and KL still count (padding a solution into the limit loses the success reward).
-    Logged as rollout/truncated_fraction.
+  - --truncation zero-success (default): a response cut at max_new_tokens ends there with
+    Correct = 0; its learned terms and KL still count (padding a solution into the limit loses the
+    success reward). --truncation no-score (ReaLHF, the paper's authors' framework): no Correct and
+    no learned term for it, KL kept (rewards.apply_truncation). ReaLHF also bootstraps the value at
+    the cut; we do not (V = 0 after the last token under both). Logged as rollout/truncated_fraction.
   - The critic starts from the policy's weights. lam defaults to 1.0: the sparse end-of-response
     reward reaches every token (gamma = 1 keeps Delta's telescoping exact). Learning rates decay
     linearly to 0 (cleanrl's anneal_lr), so the final policy is not the noisiest point of the run.
@@ -97,8 +100,7 @@ import common
 import rewards
 from common import field, print0
 
-TRUNCATION = "zero-success"  # see Decisions above; the rule itself is rewards.success_rewards
-REWARD_MODES = ("success", "orm", "prm", "clip", "delta", "clip_delta")
+REWARD_MODES = ("success", "orm") + rewards.LEARNED_MODES
 
 
 @dataclasses.dataclass
@@ -106,16 +108,27 @@ class Config:
     # models and data
     policy: str = field("models/arith-policy", "starting policy (also the reference): dir or hub id")
     critic: str = field("", "critic init: '' = the policy's weights with a zero value head, else a dir")
-    prm: str = field("models/arith-prm", "PRM dir or hub id (modes prm, clip, delta, clip_delta)")
+    prm: str = field("models/arith-prm", "PRM dir or hub id (every mode but success and orm)")
     orm: str = field("models/arith-orm", "ORM dir or hub id (mode orm)")
     step_tag: str = field("", "reward-model step tag ('' = saved with our checkpoints; 'ки' Math-Shepherd)")
     dataset: str = field("arith", "training questions: arith | gsm8k | math | a .jsonl path (train split)")
     eval_dataset: str = field("", "greedy-eval set, test split ('' = --dataset)")
     eval_limit: int = field(500, "greedy eval on the first N test problems (0 = none)")
     # reward (METHOD §2)
-    reward: str = field("clip_delta", "reward mode (METHOD §2)", choices=REWARD_MODES)
+    reward: str = field("clip_delta", "reward mode (METHOD §2): success | orm | prm (x_k) | clip "
+                        "(min(x_k - eta, 0)) | delta (x_k - x_{k+1}, Gao et al.) | clip_delta (delta of clip) | "
+                        "prm_normed (x_k / K, the paper's PR-Normed) | prm_lenpen (x_k - length_penalty) | "
+                        "min (return-to-go = min_{j>=k} x_j, PURE arXiv 2504.15275)", choices=REWARD_MODES)
     alpha: float = field(1.0, "weight of the learned reward term")
     eta: float = field(0.5, "Clip threshold: min(r - eta, 0)")
+    delta_last: str = field("drop", "delta / clip_delta, last step: drop (the paper: d_K = 0) | keep (d_K = x_K)",
+                            choices=rewards.DELTA_LAST)
+    min_temperature: float = field(0.0, "min: 0 = strict min of the future step scores; T > 0 = softmin "
+                                   "weights softmax(-x_j / T)")
+    length_penalty: float = field(0.5, "prm_lenpen: subtracted from every step's score")
+    truncation: str = field("zero-success", "a response without EOS: zero-success (Correct = 0, learned terms "
+                            "kept) | no-score (ReaLHF: no Correct, no learned terms); KL kept in both",
+                            choices=rewards.TRUNCATION_POLICIES)
     beta: float = field(0.02, "KL penalty per token (k1, inside the reward)")
     # rollout
     steps: int = field(200, "PPO steps (rollout + update)")
@@ -199,7 +212,7 @@ def score(rm, tok, batch, ro, cfg, step):
     """2. Success on the last token and the learned term on step ends -> (B, T) score rewards."""
     t0 = time.time()
     resp_ids, texts = decode(tok, ro.resp, ro.lengths)
-    try:  # NOTE: the truncation rule (TRUNCATION) lives in success_rewards: unfinished rows get 0
+    try:  # NOTE: success_rewards never grades an unfinished row (0); --truncation decides the rest below
         success = rewards.success_rewards(texts, [p["answer"] for p in batch], ro.finished.tolist(),
                                           cfg.grade_workers)
     except ValueError as e:  # a gold answer the grader cannot parse
@@ -212,8 +225,10 @@ def score(rm, tok, batch, ro, cfg, step):
     else:
         raw, end_idx, kmask = (x.to(ro.mask.device) for x in
                                rm.score_tokens([p["question"] for p in batch], tok, resp_ids))  # (B, K)
-        values = raw if cfg.reward == "orm" else rewards.transform_step_rewards(raw, kmask, cfg.reward, cfg.eta)
+        values = raw if cfg.reward == "orm" else rewards.transform_step_rewards(
+            raw, kmask, cfg.reward, cfg.eta, cfg.delta_last, cfg.min_temperature, cfg.length_penalty)
         values = cfg.alpha * values * kmask  # (B, K)
+    success, values = rewards.apply_truncation(success, values, ro.finished, cfg.truncation)  # KL stays
     steps = [rewards.split_steps(x, rm.step_sep if rm else rewards.DEFAULT_STEP_SEP) for x in texts]
     return SimpleNamespace(texts=texts, steps=steps, success=success, raw=raw, kmask=kmask, values=values,
                            token=rewards.place_rewards(values, end_idx, kmask, success, ro.mask),  # (B, T)

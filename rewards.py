@@ -8,15 +8,22 @@ and decisions are in docs/METHOD.md. Every stage script imports them from here.
      every stage's accuracy comes from it.                          -> success_rewards
   2. Steps (METHOD §3): a response is split into steps at a separator ("\\n\\n" by default);
      repeated steps are a reward-hacking symptom we count.          -> split_steps, repeated_steps
-  3. The learned-reward transforms (METHOD §2), on per-step PRM values (B, K):
-       clip:        min(x_k - eta, 0)                    every step term <= 0
-       delta:       x_k - x_{k+1} (k < K-1), x_{K-1} (k = K-1), 0 (k = K)
-       clip_delta:  delta(clip(x))                                  -> transform_step_rewards
+  3. The learned-reward transforms (METHOD §2), on per-step PRM values x (B, K), 1-indexed k <= K:
+       prm:         x_k                                  unbounded in K: what gets hacked
+       clip:        c_k = min(x_k - eta, 0)              every step term <= 0
+       delta:       x_k - x_{k+1} (k < K-1), x_{K-1} (k = K-1), 0 (k = K)     (--delta-last drop)
+                    x_k - x_{k+1} (k < K),   x_K (k = K)                      (--delta-last keep)
+       clip_delta:  delta(clip(x))
+       min:         G_k - G_{k+1}, G_k = (soft)min_{j >= k} x_j  (PURE, arXiv 2504.15275)
+       prm_normed:  x_k / K                              the paper's PR-Normed baseline
+       prm_lenpen:  x_k - length_penalty                 a length-penalty baseline (our reading)
+                                                                    -> transform_step_rewards
      Delta's whole-response return telescopes to x_1 (K >= 2), so padding a solution with steps
      does not raise the trajectory's return. NOTE: the per-token credit PPO optimises is another
      matter: the tokens of a step that is followed by another step get alpha * x_{j+1} more than
      if that step were the answer, so Delta still favours "write another step" (METHOD §2, "What
-     PPO optimises"); Clip-Delta turns that gap into alpha * c_{j+1} <= 0.
+     PPO optimises"); --delta-last keep makes that gap 0, and Clip-Delta turns it into
+     alpha * c_{j+1} <= 0 (a bias towards answering early). A response without EOS: apply_truncation.
   4. Token placement (METHOD §3): per-step values go on the token that holds each step's last
      character, the success reward on the last response token.     -> place_rewards
      step_scores_to_tensors maps reward-model scores to those tokens.
@@ -112,7 +119,8 @@ def repeated_steps(steps):
 
 
 # -----------------------------------------------------------------------------
-# 3. Clip / Delta / Clip-Delta on per-step values (B, K), right-padded with a bool mask (METHOD §2)
+# 3. The learned-reward transforms on per-step values (B, K), right-padded with a bool mask (METHOD §2),
+#    and the truncation policy (METHOD §4)
 
 def _check_steps(scores, mask):
     if scores.dim() != 2 or mask.shape != scores.shape:
@@ -120,6 +128,22 @@ def _check_steps(scores, mask):
                          f"and {tuple(mask.shape)}")
     if mask.dtype != torch.bool:
         raise ValueError(f"mask must be a bool tensor, got {mask.dtype}")
+
+
+LEARNED_MODES = ("prm", "clip", "delta", "clip_delta", "prm_normed", "prm_lenpen", "min")
+DELTA_LAST = ("drop", "keep")
+TRUNCATION_POLICIES = ("zero-success", "no-score")
+
+
+def _masked(scores, mask):
+    return torch.where(mask, scores.float(), torch.zeros_like(scores, dtype=torch.float))  # (B, K)
+
+
+def _differences(G, mask):
+    """Per-step values d_k = G_k - G_{k+1} (G_{K+1} = 0) whose return-to-go is G_k on real steps."""
+    G = torch.where(mask, G, torch.zeros_like(G))  # (B, K)
+    G_next = torch.cat([G[:, 1:], torch.zeros_like(G[:, :1])], dim=1)  # (B, K) G_{k+1}, 0 past the end
+    return torch.where(mask, G - G_next, torch.zeros_like(G))
 
 
 def clip(scores, mask, eta):
@@ -130,14 +154,21 @@ def clip(scores, mask, eta):
     return torch.where(mask, out, torch.zeros_like(out))
 
 
-def delta(scores, mask):
+def delta(scores, mask, last="drop"):
     """Delta: d_k = x_k - x_{k+1} for k < K-1, d_{K-1} = x_{K-1}, d_K = 0 (1-indexed, K real steps).
 
-    The last step's score is dropped (the success reward covers the final step), and
-    sum_{j >= k} d_j = x_k for every k <= K-1: the return telescopes. K = 1 gives a single 0.
+    last="drop" (the paper's rule): the last step's score is dropped (the success reward covers the
+    final step), and sum_{j >= k} d_j = x_k for every k <= K-1: the return telescopes. K = 1 gives
+    a single 0. last="keep": d_k = x_k - x_{k+1} for k < K and d_K = x_K, so sum_{j >= k} d_j = x_k
+    for every k, the last included: the per-token gap between "write another step" and "answer
+    now" at a step boundary is 0 instead of x_{j+1} (METHOD §2, "What PPO optimises").
     """
     _check_steps(scores, mask)
-    x = torch.where(mask, scores.float(), torch.zeros_like(scores, dtype=torch.float))  # (B, K)
+    if last not in DELTA_LAST:
+        raise ValueError(f"delta last={last!r}: expected one of {DELTA_LAST}")
+    x = _masked(scores, mask)  # (B, K)
+    if last == "keep":  # the return-to-go from k is x_k for every k: G = x, then differences
+        return _differences(x, mask)
     n = mask.sum(dim=1, keepdim=True)  # (B, 1) real steps per row
     idx = torch.arange(x.shape[1], device=x.device).unsqueeze(0)  # (1, K), 0-indexed step k-1
     x_next = torch.cat([x[:, 1:], torch.zeros_like(x[:, :1])], dim=1)  # (B, K) x_{k+1}
@@ -147,23 +178,97 @@ def delta(scores, mask):
     return out
 
 
-def clip_delta(scores, mask, eta):
+def clip_delta(scores, mask, eta, last="drop"):
     """Clip first, then Delta on the clipped values."""
-    return delta(clip(scores, mask, eta), mask)
+    return delta(clip(scores, mask, eta), mask, last)
 
 
-def transform_step_rewards(scores, mask, mode, eta):
-    """The per-step learned-reward term for a reward mode (before alpha). (B, K) -> (B, K)."""
+def min_form(scores, mask, temperature=0.0):
+    """Min-form credit (PURE, Cheng et al., arXiv 2504.15275), as per-step values d_k whose
+    return-to-go (gamma = 1) is a (soft) minimum of the future step scores:
+
+        temperature = 0:  G_k = min_{j >= k} x_j
+        temperature T > 0: G_k = sum_{j >= k} w_j x_j,  w = softmax(-x_j / T) over j >= k
+        d_k = G_k - G_{k+1}   (G_{K+1} = 0, so d_K = x_K)
+
+    NOTE: PURE itself reweights the process rewards once over the whole response (x_k times a
+    softmax(-x / T) weight), so that the return from the first step is the soft minimum of all
+    scores; we instead set the return-to-go from *every* step to the (soft) minimum of its suffix
+    and take differences, so each step's credit is exactly its suffix's minimum. The two agree on
+    the return from step 1 at T -> 0 (METHOD §2).
+    """
+    _check_steps(scores, mask)
+    if temperature < 0:
+        raise ValueError(f"min-form temperature must be >= 0, got {temperature}")
+    x = _masked(scores, mask)  # (B, K)
+    if temperature == 0:
+        inf = torch.full_like(x, float("inf"))
+        G = torch.where(mask, x, inf).flip(1).cummin(dim=1).values.flip(1)  # (B, K) min_{j >= k} x_j
+        return _differences(G, mask)  # (inf on padding rows is masked there)
+    K = x.shape[1]
+    idx = torch.arange(K, device=x.device)
+    valid = mask.unsqueeze(1) & (idx.view(1, 1, K) >= idx.view(1, K, 1))  # (B, K, K) [b, k, j]: j >= k, real
+    logits = (-x / temperature).unsqueeze(1).expand(-1, K, -1)  # (B, K, K)
+    logits = torch.where(valid, logits, torch.full_like(logits, float("-inf")))
+    logits = torch.where(valid.any(dim=2, keepdim=True), logits, torch.zeros_like(logits))  # no NaN rows
+    w = torch.softmax(logits, dim=2) * valid  # (B, K, K) softmin weights over j >= k
+    G = (w * x.unsqueeze(1)).sum(dim=2)  # (B, K)
+    return _differences(G, mask)
+
+
+def prm_normed(scores, mask):
+    """PR-Normed (the paper's baseline): x_k / K, so the return is the mean step score. A step
+    scored above the current mean still raises it."""
+    _check_steps(scores, mask)
+    n = mask.sum(dim=1, keepdim=True).clamp(min=1).float()  # (B, 1)
+    return _masked(scores, mask) / n
+
+
+def prm_lenpen(scores, mask, penalty):
+    """Length-penalty baseline, our reading: x_k - penalty on every real step, so the return is
+    sum_k x_k - penalty * K. A step scored above `penalty` still raises it. With penalty = eta it
+    is Clip without the clamp at 0."""
+    _check_steps(scores, mask)
+    return torch.where(mask, scores.float() - penalty, torch.zeros_like(scores, dtype=torch.float))
+
+
+def transform_step_rewards(scores, mask, mode, eta=0.5, delta_last="drop", min_temperature=0.0,
+                           length_penalty=0.5):
+    """The per-step learned-reward term for a reward mode in LEARNED_MODES (before alpha).
+    (B, K) -> (B, K)."""
     if mode == "prm":
-        return torch.where(mask, scores.float(), torch.zeros_like(scores, dtype=torch.float))
+        _check_steps(scores, mask)
+        return _masked(scores, mask)
     if mode == "clip":
         return clip(scores, mask, eta)
     if mode == "delta":
-        return delta(scores, mask)
+        return delta(scores, mask, delta_last)
     if mode == "clip_delta":
-        return clip_delta(scores, mask, eta)
-    raise ValueError(f"no per-step transform for reward mode {mode!r} "
-                     "(expected prm, clip, delta or clip_delta)")
+        return clip_delta(scores, mask, eta, delta_last)
+    if mode == "prm_normed":
+        return prm_normed(scores, mask)
+    if mode == "prm_lenpen":
+        return prm_lenpen(scores, mask, length_penalty)
+    if mode == "min":
+        return min_form(scores, mask, min_temperature)
+    raise ValueError(f"no per-step transform for reward mode {mode!r} (expected one of {LEARNED_MODES})")
+
+
+def apply_truncation(success, values, finished, policy):
+    """A response cut at the token limit (no EOS), METHOD §4. success (B,), values (B, K) after
+    alpha, finished (B,) bool -> (success, values).
+
+    zero-success (ours, the default): Correct = 0 (success_rewards already gives it), the learned
+    terms stay. no-score (ReaLHF, the paper's authors' framework): Correct and every learned term of
+    the row are 0. The KL penalty is not touched here: it stays under both policies.
+    """
+    if policy not in TRUNCATION_POLICIES:
+        raise ValueError(f"truncation policy {policy!r}: expected one of {TRUNCATION_POLICIES}")
+    keep = finished.to(device=success.device, dtype=torch.bool)  # (B,)
+    success = torch.where(keep, success, torch.zeros_like(success))  # never graded: 0 under both
+    if policy == "no-score":
+        values = torch.where(keep.unsqueeze(1), values, torch.zeros_like(values))  # (B, K)
+    return success, values
 
 
 # -----------------------------------------------------------------------------

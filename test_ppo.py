@@ -359,8 +359,10 @@ def scored_batch(tok):
     return [{"question": "Compute 1 + 2.", "answer": "3"}] * 2, ro, n
 
 
-def score_cfg(reward, alpha=1.0):
-    return SimpleNamespace(grade_workers=1, dataset="test", reward=reward, alpha=alpha, eta=0.5)
+def score_cfg(reward, alpha=1.0, **kw):
+    cfg = dict(grade_workers=1, dataset="test", reward=reward, alpha=alpha, eta=0.5, delta_last="drop",
+               min_temperature=0.0, length_penalty=0.5, truncation="zero-success")
+    return SimpleNamespace(**{**cfg, **kw})
 
 
 def test_score_truncated_correct_response_gets_no_success(tiny_policy):
@@ -392,6 +394,50 @@ def test_score_scales_the_learned_term_by_alpha(tiny_policy, mode, raw, want):
         expected[b, n if t == "n" else t] += x
     expected[0, n] += 1.0  # success: the finished row only
     assert torch.allclose(sc.token, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode,kw,raw,want", [
+    # alpha = 0.3, by hand; row 0 steps end at tokens 3 and 8, row 1's one step at 2
+    ("delta", dict(delta_last="keep"), [[0.9, 0.4], [0.2, 0.0]], {(0, 3): 0.15, (0, 8): 0.12, (1, 2): 0.06}),
+    ("clip_delta", dict(delta_last="keep"), [[0.9, 0.4], [0.2, 0.0]], {(0, 3): 0.03, (0, 8): -0.03, (1, 2): -0.09}),
+    ("min", {}, [[0.4, 0.9], [0.2, 0.0]], {(0, 3): -0.15, (0, 8): 0.27, (1, 2): 0.06}),  # G = (0.4, 0.9)
+    ("min", {}, [[0.9, 0.4], [0.2, 0.0]], {(0, 3): 0.0, (0, 8): 0.12, (1, 2): 0.06}),  # G = (0.4, 0.4)
+    ("prm_normed", {}, [[0.9, 0.4], [0.2, 0.0]], {(0, 3): 0.135, (0, 8): 0.06, (1, 2): 0.06}),
+    ("prm_lenpen", dict(length_penalty=0.1), [[0.9, 0.4], [0.2, 0.0]], {(0, 3): 0.24, (0, 8): 0.09, (1, 2): 0.03}),
+])
+def test_score_new_modes_by_hand(tiny_policy, mode, kw, raw, want):
+    _, tok = tiny_policy
+    batch, ro, n = scored_batch(tok)
+    rm = StubRM("prm", raw, [[3, 8], [2, 0]], [[True, True], [True, False]])
+    sc = ppo.score(rm, tok, batch, ro, score_cfg(mode, alpha=0.3, **kw), step=1)
+    expected = torch.zeros(2, n + 1)
+    for (b, t), x in want.items():
+        expected[b, t] += x
+    expected[0, n] += 1.0  # success: the finished row only
+    assert torch.allclose(sc.token, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["prm", "delta", "orm"])
+def test_score_truncation_policies(tiny_policy, mode):
+    """Row 1 is correct but has no EOS. zero-success: Correct = 0, its learned terms stay.
+    no-score (ReaLHF): Correct and every learned term are 0. The finished row is the same under
+    both, and kl_rewards still charges the KL on every token of the cut row."""
+    _, tok = tiny_policy
+    batch, ro, n = scored_batch(tok)
+    if mode == "orm":
+        rm = StubRM("orm", [[0.8], [0.6]], [[n], [n]], [[True], [True]])
+    else:
+        rm = StubRM("prm", [[0.9, 0.4], [0.7, 0.3]], [[3, 8], [2, 6]], [[True, True], [True, True]])
+    zero = ppo.score(rm, tok, batch, ro, score_cfg(mode, alpha=0.3), step=1)
+    none = ppo.score(rm, tok, batch, ro, score_cfg(mode, alpha=0.3, truncation="no-score"), step=1)
+    assert zero.success.tolist() == none.success.tolist() == [1.0, 0.0]
+    assert torch.equal(zero.token[0], none.token[0])  # the finished row does not change
+    assert zero.token[1].abs().sum() > 0  # its learned terms stay under zero-success
+    assert torch.equal(none.token[1], torch.zeros(n + 1))  # and are all gone under no-score
+    assert torch.equal(none.values[1], torch.zeros_like(none.values[1]))
+    logp, ref = torch.full((2, n + 1), -1.0), torch.full((2, n + 1), -1.5)
+    total, kl = ppo.kl_rewards(none.token, logp, ref, ro.mask, beta=0.1)
+    assert torch.allclose(total[1], torch.full((n + 1,), -0.05))  # only the KL penalty is left
 
 
 @pytest.mark.parametrize("max_grad_norm", [0.0, 0.05])

@@ -5,6 +5,7 @@ reward-model batching routine. Grading itself is tested in test_grading.py.
 Run: python -m pytest -q test_rewards.py
 """
 
+import math
 import os
 import random
 
@@ -185,6 +186,165 @@ def test_k1_and_k0_rows():
         R.delta(scores, mask.long())
     with pytest.raises(ValueError):
         R.clip(scores[0], mask[0], 0.5)
+
+
+# -----------------------------------------------------------------------------
+# 3b. Delta's last step, min-form (PURE), the paper's PR-Normed and length-penalty baselines,
+#     truncation policies, and the per-token credit gap they leave PPO
+
+def naive_delta_keep(x):
+    """d_k = x_k - x_{k+1} for k < K, d_K = x_K."""
+    return [x[k] - x[k + 1] for k in range(len(x) - 1)] + x[-1:]
+
+
+def naive_min_returns(x, T):
+    """G_k = min_{j >= k} x_j (T = 0) or sum_{j >= k} softmax(-x_j / T) x_j, by loops."""
+    G = []
+    for k in range(len(x)):
+        tail = x[k:]
+        if T == 0:
+            G.append(min(tail))
+        else:
+            e = [math.exp(-v / T) for v in tail]
+            G.append(sum(ei * v for ei, v in zip(e, tail)) / sum(e))
+    return G
+
+
+def naive_min(x, T):
+    G = naive_min_returns(x, T) + [0.0]
+    return [G[k] - G[k + 1] for k in range(len(x))]
+
+
+def naive_rtg(d):
+    """Return-to-go sum_{j >= k} d_j of one row, by a loop."""
+    out = []
+    for k in range(len(d)):
+        total = 0.0
+        for j in range(k, len(d)):
+            total += d[j]
+        out.append(total)
+    return out
+
+
+def one_row(x, mode, alpha=1.0, **kw):
+    """alpha times the transform of one row of real steps, as a list."""
+    t = torch.tensor([x], dtype=torch.float)
+    return (alpha * R.transform_step_rewards(t, torch.ones_like(t, dtype=torch.bool), mode, **kw))[0].tolist()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_new_transforms_match_naive_loops(seed):
+    scores, mask, lengths = random_ragged(seed)
+    alpha, eta, c = 0.3, 0.3 + 0.1 * seed, 0.2 + 0.1 * seed
+    rows = _rows(scores, lengths)
+    cases = [
+        ("delta", dict(delta_last="keep"), naive_delta_keep),
+        ("clip_delta", dict(eta=eta, delta_last="keep"), lambda x: naive_delta_keep(naive_clip(x, eta))),
+        ("clip_delta", dict(eta=eta, delta_last="drop"), lambda x: naive_delta(naive_clip(x, eta))),
+        ("min", dict(), lambda x: naive_min(x, 0.0)),
+        ("min", dict(min_temperature=0.1), lambda x: naive_min(x, 0.1)),
+        ("min", dict(min_temperature=2.0), lambda x: naive_min(x, 2.0)),
+        ("prm_normed", dict(), lambda x: [v / len(x) for v in x]),
+        ("prm_lenpen", dict(length_penalty=c), lambda x: [v - c for v in x]),
+    ]
+    for mode, kw, ref in cases:
+        out = alpha * R.transform_step_rewards(scores, mask, mode, **kw)  # (B, K)
+        assert out.shape == scores.shape and out.dtype == torch.float32, (mode, kw)
+        for b, n in enumerate(lengths):
+            want = torch.tensor([alpha * v for v in ref(rows[b])], dtype=torch.float32)
+            assert torch.allclose(out[b, :n], want, atol=1e-5), (mode, kw, b)
+            assert (out[b, n:] == 0).all(), (mode, kw, b)  # padding scores never leak
+    assert set(R.LEARNED_MODES) == {"prm", "clip", "delta", "clip_delta", "prm_normed", "prm_lenpen", "min"}
+    for mode in R.LEARNED_MODES:  # every mode is a transform; K = 0 rows stay empty
+        assert R.transform_step_rewards(torch.zeros(2, 0), torch.zeros(2, 0, dtype=torch.bool), mode).shape == (2, 0)
+    # the defaults are the paper's rules, bit for bit
+    assert torch.equal(R.transform_step_rewards(scores, mask, "delta"), R.delta(scores, mask))
+    assert torch.equal(R.transform_step_rewards(scores, mask, "clip_delta"), R.clip_delta(scores, mask, 0.5))
+    with pytest.raises(ValueError):
+        R.delta(scores, mask, last="first")
+    with pytest.raises(ValueError):
+        R.min_form(scores, mask, temperature=-1.0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_return_to_go_of_keep_and_min(seed):
+    """Delta keep: the return-to-go from every step, the last included, is x_k. Min-form: it is the
+    (soft) minimum of the step's suffix; a small T approaches the strict min, a large T the mean."""
+    scores, mask, lengths = random_ragged(seed)
+    for b, x in enumerate(_rows(scores, lengths)):
+        if not x:
+            continue
+        assert naive_rtg(one_row(x, "delta", delta_last="keep")) == pytest.approx(x, abs=1e-5)
+        strict = naive_rtg(one_row(x, "min"))
+        assert strict == pytest.approx([min(x[k:]) for k in range(len(x))], abs=1e-5)
+        cold = naive_rtg(one_row(x, "min", min_temperature=1e-3))
+        assert cold == pytest.approx(strict, abs=1e-2)
+        hot = naive_rtg(one_row(x, "min", min_temperature=1e4))
+        assert hot == pytest.approx([sum(x[k:]) / len(x[k:]) for k in range(len(x))], abs=1e-3)
+        assert all(s <= h + 1e-6 for s, h in zip(strict, hot))  # the softmin lies above the min
+
+
+def continue_vs_answer_gaps(x, mode, **kw):
+    """The per-token credit gap at each step boundary j (1 <= j < K), by loops: the return-to-go
+    (GAE with gamma = lambda = 1, V = 0, Correct held fixed) of step j+1's tokens when step j+1 is
+    followed by the rest of x ("continue") minus when step j+1 is the answer (x cut after j+1)."""
+    gaps = []
+    for j in range(1, len(x) - 1):  # 0-indexed: step j is "step j+1"; the continuation has >= 1 step after it
+        cont = naive_rtg(one_row(x, mode, **kw))[j]
+        answer = naive_rtg(one_row(x[: j + 1], mode, **kw))[j]
+        gaps.append(cont - answer)
+    return gaps
+
+
+def test_delta_credit_gap_is_next_score_under_drop_and_zero_under_keep():
+    x = [0.9, 0.35, 0.8, 0.62, 0.15, 0.7]
+    eta = 0.5
+    c = naive_clip(x, eta)
+    nxt = x[1:-1]  # x_{j+1} for every boundary with a step after j+1
+    assert continue_vs_answer_gaps(x, "delta") == pytest.approx(nxt, abs=1e-6)  # the paper's rule
+    assert continue_vs_answer_gaps(x, "delta", delta_last="keep") == pytest.approx([0.0] * len(nxt), abs=1e-6)
+    # Clip-Delta flips the bias: the gap is c_{j+1} <= 0, which favours answering early
+    gaps = continue_vs_answer_gaps(x, "clip_delta", eta=eta)
+    assert gaps == pytest.approx(c[1:-1], abs=1e-6) and all(g <= 0 for g in gaps) and min(gaps) < 0
+    assert continue_vs_answer_gaps(x, "clip_delta", eta=eta, delta_last="keep") == pytest.approx([0.0] * len(nxt))
+    # strict min-form: continuing can only lower the minimum, never raise it
+    assert all(g <= 1e-6 for g in continue_vs_answer_gaps(x, "min"))
+    # Clip-Delta's whole return is c_1 whatever K (K >= 2); Clip's falls with every step below eta
+    assert all(sum(one_row(x[:K], "clip_delta", eta=eta)) == pytest.approx(c[0]) for K in range(2, len(x) + 1))
+    assert sum(one_row(x, "clip", eta=eta)) < sum(one_row(x[:2], "clip", eta=eta))
+
+
+def test_baselines_still_reward_padding_and_min_does_not():
+    """PR-Normed's return is the mean step score: adding a step scored above the mean raises it.
+    The length penalty's is sum_k x_k - c K: adding a step scored above c raises it. The strict
+    min-form return from step 1 never rises when a step is added, wherever it goes."""
+    x = [0.9, 0.4, 0.8, 0.6]
+    mean = sum(x) / len(x)
+    for ret_mode, kw in [("prm_normed", {}), ("prm_lenpen", dict(length_penalty=0.5))]:
+        ret = sum(one_row(x, ret_mode, **kw))
+        want = mean if ret_mode == "prm_normed" else sum(x) - 0.5 * len(x)
+        assert ret == pytest.approx(want)
+        padded = x + [x[0]] * 3  # repeat the best step (0.9 > the mean 0.675 and > c = 0.5)
+        assert sum(one_row(padded, ret_mode, **kw)) > ret
+        worse = x + [0.3]  # a step below both the mean and c lowers it
+        assert sum(one_row(worse, ret_mode, **kw)) < ret
+    for i in range(len(x) + 1):
+        for v in (0.05, 0.5, 0.95):
+            assert sum(one_row(x[:i] + [v] + x[i:], "min")) <= sum(one_row(x, "min")) + 1e-6
+
+
+def test_truncation_policies_match_a_loop():
+    success = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    values = torch.tensor([[0.3, -0.2], [0.5, 0.0], [0.1, 0.4], [0.0, 0.0]])  # (B, K) after alpha
+    finished = torch.tensor([True, False, False, True])
+    for policy in R.TRUNCATION_POLICIES:
+        s, v = R.apply_truncation(success, values, finished, policy)
+        for b in range(4):
+            assert s[b].item() == (success[b].item() if finished[b] else 0.0)
+            keep = finished[b] or policy == "zero-success"
+            assert v[b].tolist() == (values[b].tolist() if keep else [0.0, 0.0]), (policy, b)
+    with pytest.raises(ValueError):
+        R.apply_truncation(success, values, finished, "bootstrap")
 
 
 # -----------------------------------------------------------------------------
