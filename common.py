@@ -14,11 +14,19 @@ common.py: no algorithm lives here, only what would otherwise be copied into eac
      on CPU under torchrun. `print0`, `barrier`.
   4. Models: `model_source`, `load_model`, `load_tokenizer` (a local dir or a hub id, one clear error
      either way), `no_dropout`, `model_eos_ids`. Data: `read_jsonl`, `DATASETS` / `resolve_dataset` /
-     `load_problems` (data/<name>/<split>.jsonl or a path), `build_prompt` (every stage's prompt).
+     `load_problems` (data/<name>/<split>.jsonl or a path; warns of MATH test leakage, see
+     `math_test_leak`), `build_prompt` (every stage's prompt, `--prompt auto | chat | cot | plain`).
   5. Generation for the non-PPO stages (SFT eval, evaluation, PRM labeling): `generate`, batched,
      left-padded, plain softmax at a temperature or greedy, the checkpoint's sampling defaults off.
   6. Logging: `MetricsLogger` appends one JSON row per line to out_dir/metrics.jsonl (trimmed to the
      checkpoint's step on resume) and mirrors it to wandb when asked.
+  7. Out-dir ownership and crash-safe files: `claim_out_dir` (an flock on out_dir/.lock held for the
+     run; a fresh run refuses an out_dir holding a previous run unless --overwrite), `atomic_write`,
+     `fsync_tree`, `remove_tree` (rename to trash, then delete: a kill never leaves a half-deleted
+     directory in the way), `swap_in` / `recover_swap` (the ckpt.tmp -> ckpt swap and its repair),
+     `file_digests` / `verify_digests` (sha256 of every checkpoint file), `nonfinite_names`,
+     `load_checkpoint_model` (missing / unexpected keys, shapes, finiteness), `torch_load`,
+     `write_error` ("disk full at <path>").
 
 Shapes: B sequences in a generate batch, P prompt tokens (left-padded), T generated tokens.
 """
@@ -26,10 +34,16 @@ Shapes: B sequences in a generate batch, P prompt tokens (left-padded), T genera
 import argparse
 import contextlib
 import dataclasses
+import errno
+import fcntl
+import glob
+import hashlib
 import json
 import os
 import random
+import shutil
 import sys
+import time
 import types
 import typing
 from typing import NamedTuple
@@ -300,6 +314,9 @@ def _load(load, path, what, hint, **kw):
     try:
         return load(model_source(path, what, hint), **kw)
     except (OSError, ValueError) as e:  # ValueError: a malformed hub id, a bad config
+        if not os.path.exists(os.path.expanduser(path)) and "Repo id must" in str(e):
+            # NOTE: a name that cannot be a hub id ("Repo id must be ...") was meant as a local path
+            raise RunError(f"{what} {path!r} not found: no such local directory (nor a valid hub id): {hint}") from None
         raise RunError(f"cannot load {what} from {path!r} ({str(e).splitlines()[0]}): {hint}") from None
 
 
@@ -353,18 +370,34 @@ def model_eos_ids(model, tokenizer):
     return ids
 
 
-def read_jsonl(path):
-    """Rows of a JSONL file, with a clear error naming the file and line on bad JSON."""
+def read_jsonl(path, with_lines=False):
+    """Rows of a JSONL file: one JSON object per line, blank lines skipped. A line that is not
+    UTF-8, not JSON or not an object is a ValueError naming the file and line. with_lines=True
+    returns (line number, row) pairs, so that later errors can name the line too."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column "
+                                 f"{e.start + 1}); re-encode the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+            rows.append((lineno, row) if with_lines else row)
     return rows
+
+
+def require(cond, message):
+    """RunError(message) unless cond: one line per bad flag in each script's check_config."""
+    if not cond:
+        raise RunError(message)
 
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -386,40 +419,159 @@ def resolve_dataset(name_or_path, split="test"):
                             f"{', '.join(DATASETS)} or an existing .jsonl path")
 
 
-def load_problems(name_or_path, split="test", limit=None):
+MAX_QUESTION_CHARS = 20_000  # longest MATH question: ~4,300 characters; a longer one is a bad row
+
+
+def _problem(row):
+    """(question, gold answer or None) of a problems-file row, in any accepted schema."""
+    question = row.get("question", row.get("problem"))
+    answer = row.get("answer")
+    if isinstance(answer, str) and "####" in answer:  # raw GSM8K: the gold follows ####
+        answer = answer.rsplit("####", 1)[1].strip().replace(",", "")
+    return question, answer
+
+
+def _row_problem(row):
+    """The reason a row is not a usable problem, or None."""
+    import grading
+
+    question, answer = _problem(row)
+    if not isinstance(question, str) or not question.strip() or answer in (None, ""):
+        return "no question or no gold answer (expected keys question/problem and answer)"
+    if len(question) > MAX_QUESTION_CHARS:
+        return f"question of {len(question):,} characters (more than {MAX_QUESTION_CHARS:,})"
+    if not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
+        return f"gold answer {answer!r} is not a string or a number"
+    try:
+        grading.check_gold(str(answer))
+    except ValueError as e:
+        return f"ungradable gold: {e}"
+    return None
+
+
+def load_problems(name_or_path, split="test", limit=None, skip_bad=False):
     """Problems as dicts with at least `question` and `answer` (the gold final answer).
 
     Reads the project schema (question / solution / answer) written by data/*/prepare.py; raw
     MATH rows (`problem`) and raw GSM8K rows (answer ending in `#### N`) are accepted too.
-    A row without a question or a gold answer is an error naming the file and line.
+    Every row is checked once here, so that a bad one is found at load and not when a training step
+    draws it: a question and a gold answer, a question of at most MAX_QUESTION_CHARS characters,
+    and a gold the grader can parse (grading.check_gold; parsed golds stay cached for grading).
+    A bad row is a ValueError naming the file, line and reason; with skip_bad it is skipped and
+    counted (one printed line). limit: stop after that many good problems. Each problem gets
+    "_where" = "file:line", for later error messages.
     """
     path = resolve_dataset(name_or_path, split)
-    rows = read_jsonl(path)
-    out = []
-    for lineno, row in enumerate(rows, 1):
-        question = row.get("question", row.get("problem"))
-        answer = row.get("answer")
-        if isinstance(answer, str) and "####" in answer:  # raw GSM8K: the gold follows ####
-            answer = answer.rsplit("####", 1)[1].strip().replace(",", "")
-        if not isinstance(question, str) or not question.strip() or answer in (None, ""):
-            raise ValueError(f"{path}: row {lineno} has no question or no gold answer "
-                             "(expected keys question/problem and answer)")
-        out.append({**row, "question": question, "answer": str(answer)})
+    out, bad = [], []
+    for lineno, row in read_jsonl(path, with_lines=True):
+        reason = _row_problem(row)
+        if reason is not None:
+            if not skip_bad:
+                raise ValueError(f"{path}:{lineno}: {reason} (fix the row, or pass --skip-bad to skip such rows)")
+            bad.append(f"{path}:{lineno}: {reason}")
+            continue
+        question, answer = _problem(row)
+        out.append({**row, "question": question, "answer": str(answer), "_where": f"{path}:{lineno}"})
         if limit is not None and len(out) >= limit:
             break
+    if bad:
+        print0(f"--skip-bad: skipped {len(bad)} bad row(s) of {path}; the first: {bad[0]}")
+    warn_math_test_leak(path, out)
     return out
 
 
-def build_prompt(tokenizer, question):
-    """The prompt text for a question: the tokenizer's chat template with a generation prompt.
+MATH500_HINT = ("PRM800K (and data/math/train_prm800k_12k.jsonl) holds about 4,500 of the 5,000 MATH test "
+                "problems; evaluate on MATH500 (--dataset math500, the 500 test problems PRM800K leaves out), "
+                "never on the full MATH test set")
 
-    NOTE: every stage (SFT, PPO, PRM labeling, evaluation) builds prompts through this one function,
-    so the policy always sees the format it was trained on.
+
+def math_test_leak(path, rows):
+    """Why data read from `path` can leak MATH test problems into a result, or None:
+    PRM800K-derived rows ("source": "prm800k", written by data/prm800k/prepare.py and by
+    data/math/prepare.py for a train_prm800k split; or a file named *prm800k*), or the full MATH
+    test set (math/test.jsonl)."""
+    path = os.path.abspath(str(path))
+    if "prm800k" in os.path.basename(path).lower() or any(isinstance(r, dict) and r.get("source") == "prm800k" for r in rows):
+        return "it is derived from PRM800K"
+    if os.path.basename(path) == "test.jsonl" and os.path.basename(os.path.dirname(path)) == "math":
+        return "it is the full MATH test set: a model trained on PRM800K-derived data saw most of it"
+    return None
+
+
+def warn_math_test_leak(path, rows):
+    """A loud WARNING (rank 0) when math_test_leak finds a reason; returns the reason or None."""
+    why = math_test_leak(path, rows)
+    if why:
+        print0(f"WARNING: MATH test leakage: {path}: {why}. {MATH500_HINT}.")
+    return why
+
+
+def check_prompt_lengths(tokenizer, problems, max_tokens, where, skip_bad=False, prompt="auto"):
+    """The problems whose prompt (build_prompt) is at most max_tokens tokens, e.g. the model's
+    max_position_embeddings: a longer one is a RunError naming it (1-based problem index in
+    `where`), or with skip_bad is skipped and counted. max_tokens None: no limit."""
+    if not max_tokens:
+        return problems
+    kept, bad = [], []
+    for i, p in enumerate(problems):
+        n = len(tokenizer(build_prompt(tokenizer, p["question"], prompt), add_special_tokens=False)["input_ids"])
+        if n <= max_tokens:
+            kept.append(p)
+        elif not skip_bad:
+            raise RunError(f"{p.get('_where', f'{where}: problem {i + 1}')}: a {n:,}-token prompt, more than the model's "
+                           f"{max_tokens:,} positions (pass --skip-bad to skip such problems)")
+        else:
+            bad.append(i + 1)
+    if bad:
+        print0(f"--skip-bad: skipped {len(bad)} problem(s) of {where} with prompts over {max_tokens:,} tokens")
+    return kept
+
+
+def max_prompt_tokens(model):
+    """The longest prompt a model can read: its config's max_position_embeddings (None if unknown)."""
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
+PROMPTS = ("auto", "chat", "cot", "plain")
+# Qwen2.5-Math's chain-of-thought instruction: the grader reads the last \boxed{}
+COT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+def _chat(tokenizer, messages):
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def build_prompt(tokenizer, question, prompt="auto"):
+    """The prompt text for a question (every stage's `--prompt`, saved in its checkpoint's config):
+
+      plain  "Question: {question}\nAnswer: " (base models without a chat template)
+      chat   the tokenizer's chat template with the question as the only (user) message: the
+             template's own default system prompt, if it has one
+      cot    the chat template with COT_INSTRUCTION as the system message (a template that rejects
+             a system role gets it after the question, in the user message)
+      auto   plain without a chat template; chat when the template's default prompt already asks for
+             \boxed{} (Qwen2.5-Math-Instruct); else cot (Qwen2-Instruct, Llama-3-Instruct). A
+             template with no system role renders cot as chat (the arith world: "Q: ...\nA: ").
+
+    NOTE: every stage (SFT, PPO, PRM labeling and inputs, evaluation) builds prompts through this one
+    function: pass every stage the same --prompt (auto resolves the same way for the same tokenizer).
     """
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
-    return f"Question: {question}\nAnswer: "
+    if prompt not in PROMPTS:
+        raise RunError(f"--prompt {prompt!r}: expected one of {', '.join(PROMPTS)}")
+    if not getattr(tokenizer, "chat_template", None):
+        if prompt in ("chat", "cot"):
+            raise RunError(f"--prompt {prompt}: {getattr(tokenizer, 'name_or_path', 'this tokenizer')!r} has no "
+                           "chat template; use --prompt plain (or auto)")
+        return f"Question: {question}\nAnswer: "
+    if prompt == "plain":
+        return f"Question: {question}\nAnswer: "
+    user = [{"role": "user", "content": question}]
+    if prompt == "chat" or (prompt == "auto" and "\\boxed" in _chat(tokenizer, user)):
+        return _chat(tokenizer, user)
+    try:
+        return _chat(tokenizer, [{"role": "system", "content": COT_INSTRUCTION}] + user)
+    except Exception:  # NOTE: jinja's TemplateError: e.g. Gemma's "System role not supported"
+        return _chat(tokenizer, [{"role": "user", "content": f"{question}\n{COT_INSTRUCTION}"}])
 
 
 # -----------------------------------------------------------------------------
@@ -445,7 +597,8 @@ def generate(model, tokenizer, prompts, max_new_tokens, temperature=0.0, *, top_
     template already holds them). max_new_tokens: an int, or one budget per prompt. Batches of
     `batch_size`, left-padded, longest prompts first when `sort` (less padding; sort=False keeps
     the given order, so the random draws match a plain generate call on the same batch). eos_ids:
-    default model_eos_ids. desc: a tqdm bar on rank 0.
+    default model_eos_ids. desc: a tqdm bar on rank 0. Ids at or past len(tokenizer) (embedding rows
+    padded past the vocabulary, Qwen2.5: 151,665 tokens in 151,936 rows) are suppressed, as ppo.sample does.
     Returns a Generation(tokens, finished) per prompt, in the order given; the response ends at its
     first EOS (kept, the response_mask convention); pad may equal EOS, so pads are never searched.
     Sets model.eval().
@@ -458,6 +611,9 @@ def generate(model, tokenizer, prompts, max_new_tokens, temperature=0.0, *, top_
     budgets = [max_new_tokens] * len(ids) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     sampling = (dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p) if temperature > 0
                 else dict(do_sample=False))
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    n_rows = head.weight.shape[0] if head is not None else len(tokenizer)
+    sampling["suppress_tokens"] = list(range(len(tokenizer), n_rows)) or None  # padding rows: -inf
     device = next(model.parameters()).device
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i])) if sort else list(range(len(ids)))
     out = [None] * len(ids)
@@ -493,7 +649,10 @@ class MetricsLogger:
 
     resume_step=None starts a fresh file (append=True keeps the rows already there); an int keeps
     the rows with step <= resume_step (and rows without a step), drops the rest and a torn last
-    line, and rewrites the file atomically (temp file + os.replace: a crash leaves the old file).
+    line, and rewrites the file atomically (atomic_write: temp file, fsync, os.replace, fsync of the
+    directory: a kill or a power loss leaves the old file or the new one, never an empty one). A
+    line that is not a JSON object (not the torn last line) is a RunError naming file:line: the
+    file was edited or damaged, and dropping rows silently would lose steps.
     """
 
     def __init__(self, out_dir, resume_step=None, wandb_project=None, config=None, append=False, master=None):
@@ -504,10 +663,7 @@ class MetricsLogger:
         os.makedirs(out_dir, exist_ok=True)
         if resume_step is not None or not append:
             kept = self._rows_up_to(resume_step) if resume_step is not None else []
-            tmp = self.path + ".tmp"
-            with open(tmp, "w") as f:
-                f.writelines(kept)
-            os.replace(tmp, self.path)
+            atomic_write(self.path, "".join(kept).encode())
         if wandb_project:
             try:
                 import wandb
@@ -522,14 +678,18 @@ class MetricsLogger:
         if not os.path.exists(self.path):
             return []
         kept = []
-        with open(self.path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.endswith("\n"):  # torn by a crash mid-write
+        with open(self.path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if not raw.endswith(b"\n") or not raw.strip():  # torn by a crash mid-write; blank
                     continue
                 try:
+                    line = raw.decode("utf-8")
                     row = json.loads(line)
-                except json.JSONDecodeError:
-                    raise RunError(f"{self.path}:{lineno}: not valid JSON; fix or delete the file") from None
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    row = None
+                if not isinstance(row, dict):
+                    raise RunError(f"{self.path}:{lineno}: not a JSON object (the file was damaged or edited); "
+                                   "fix or delete that line, then resume again") from None
                 if not isinstance(row.get("step"), (int, float)) or row["step"] <= step:
                     kept.append(line)
         return kept
@@ -550,3 +710,248 @@ class MetricsLogger:
         if self.wandb:
             self.wandb.finish()
             self.wandb = None
+
+
+# -----------------------------------------------------------------------------
+# 7. out_dir ownership and crash-safe files (README "Failure modes")
+
+_LOCKS = {}  # realpath of an out_dir -> its open .lock file, held by this process
+
+
+def lock_out_dir(out_dir):
+    """Take an exclusive fcntl.flock on out_dir/.lock for the rest of the run (released by
+    unlock_out_dir or when the process ends, a SIGKILL included). A second run on the same out_dir
+    stops at once with one line naming the holder's pid. Re-entrant within one process.
+    NOTE: flock is per machine; on a network file system two machines may not see each other's lock."""
+    key = os.path.realpath(out_dir)
+    if key in _LOCKS:
+        return
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise RunError(f"--out-dir {out_dir!r} is a file, not a directory")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        f = open(os.path.join(out_dir, ".lock"), "a+")
+    except OSError as e:
+        raise RunError(f"cannot use --out-dir {out_dir!r}: {e.strerror}") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise RunError(f"{out_dir} is in use by another run (pid {holder}); wait for it to end or "
+                       "use another --out-dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    _LOCKS[key] = f
+
+
+def unlock_out_dir(out_dir):
+    f = _LOCKS.pop(os.path.realpath(out_dir), None)
+    if f is not None:
+        f.close()  # closing the file releases the flock
+
+
+def claim_out_dir(out_dir, resume, overwrite, run_files=("metrics.jsonl", "ckpt")):
+    """Rank 0 of a stage that writes out_dir: lock it (lock_out_dir), then check what it holds. A
+    fresh run (not resume) in an out_dir holding a previous run's `run_files` (or their .tmp / .old
+    / .trash-* leftovers) refuses with one line, unless `overwrite`, which deletes them first. Other
+    files in out_dir are left alone."""
+    if resume and overwrite:
+        raise RunError("--resume continues the run in --out-dir and --overwrite deletes it: pass one of them")
+    lock_out_dir(out_dir)
+    if resume:
+        return
+    found = sorted({os.path.basename(p) for name in run_files
+                    for p in glob.glob(os.path.join(glob.escape(out_dir), name + "*"))
+                    if os.path.basename(p) == name or os.path.basename(p)[len(name):].startswith((".tmp", ".old", ".trash-"))})
+    if found and not overwrite:
+        raise RunError(f"{out_dir} holds a previous run ({', '.join(found)}): pass --resume to continue it, "
+                       "--overwrite to delete it and start again, or another --out-dir")
+    for name in found:
+        remove_tree(os.path.join(out_dir, name))
+
+
+def fsync_file(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root):
+    """fsync every file under root, then every directory, deepest first (a directory's fsync makes
+    its entries durable): after it, a power loss cannot leave a renamed-in file empty."""
+    for dirpath, _, files in os.walk(root, topdown=False):
+        for name in files:
+            fsync_file(os.path.join(dirpath, name))
+        fsync_file(dirpath)
+
+
+def atomic_write(path, data):
+    """Write bytes to `path` so that a kill or a power loss leaves the old content or the new, never a
+    mix or an empty file: path.tmp, fsync, os.replace, fsync of the directory."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    fsync_file(os.path.dirname(os.path.abspath(path)))
+
+
+def _delete(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def remove_tree(path):
+    """Delete a directory (or file) so that a kill at any point never leaves a half-deleted `path`:
+    one atomic rename to path.trash-<pid>-<ns>, then the deletion of the trash. Trash left by an
+    earlier killed deletion is deleted too; trash that cannot be deleted is left, never in the way.
+    NOTE: before, a kill inside shutil.rmtree(ckpt.old) left a non-empty ckpt.old that made every
+    later save fail with "Directory not empty"."""
+    if os.path.lexists(path):
+        trash = f"{path}.trash-{os.getpid()}-{time.monotonic_ns()}"
+        os.replace(path, trash)
+        _delete(trash)
+    for leftover in glob.glob(glob.escape(path) + ".trash-*"):
+        _delete(leftover)
+
+
+def recover_swap(final):
+    """Repair what a kill during swap_in can leave: `final` missing while final.old is whole (killed
+    between its two renames) -> final.old becomes final again; then leftovers final.tmp (a save that
+    never finished), final.old and trash are deleted. Call it with the out_dir lock held."""
+    if not os.path.exists(final) and os.path.isdir(final + ".old"):
+        os.replace(final + ".old", final)
+    for leftover in [final + ".tmp", final + ".old"] + glob.glob(glob.escape(final) + ".trash-*"):
+        remove_tree(leftover)
+
+
+def swap_in(tmp, final):
+    """Make the directory `tmp` (fully written) the new `final`: fsync every file and directory in
+    it, final -> final.old, tmp -> final, fsync the parent, delete final.old. A kill at any point
+    leaves `final` whole (the old one or the new one) or only final.old, which recover_swap restores."""
+    fsync_tree(tmp)
+    remove_tree(final + ".old")
+    if os.path.exists(final):
+        os.replace(final, final + ".old")
+    os.replace(tmp, final)
+    fsync_file(os.path.dirname(os.path.abspath(final)))
+    remove_tree(final + ".old")
+
+
+def file_digests(root, skip=()):
+    """{path relative to root: sha256 hex} of every file under root but `skip`."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in sorted(files):
+            rel = os.path.relpath(os.path.join(dirpath, name), root)
+            if rel not in skip:
+                with open(os.path.join(dirpath, name), "rb") as f:
+                    out[rel] = hashlib.file_digest(f, "sha256").hexdigest()
+    return dict(sorted(out.items()))
+
+
+def verify_digests(root, digests):
+    """RunError naming the first file under root that is missing or whose sha256 is not the one
+    recorded at save (a flipped byte, a truncated copy)."""
+    for rel, want in digests.items():
+        path = os.path.join(root, rel)
+        if not os.path.isfile(path):
+            raise RunError(f"checkpoint file {path} is missing; the checkpoint is incomplete")
+        with open(path, "rb") as f:
+            if hashlib.file_digest(f, "sha256").hexdigest() != want:
+                raise RunError(f"checkpoint file {path} is corrupt: its sha256 differs from the one saved in "
+                               "meta.json (changed or damaged after the save)")
+
+
+def nonfinite_names(named_tensors):
+    """Names of the floating-point tensors holding NaN or inf, with one host sync for all of them.
+    A DTensor (FSDP) is checked on its local shard: combine ranks with an all-reduce."""
+    named = [(n, t.to_local() if hasattr(t, "to_local") else t) for n, t in named_tensors
+             if torch.is_tensor(t) and t.is_floating_point()]
+    if not named:
+        return []
+    bad = torch.stack([~torch.isfinite(t).all() for _, t in named]).tolist()
+    return [n for (n, _), b in zip(named, bad) if b]
+
+
+def optimizer_tensors(optim):
+    """(name, tensor) of every state tensor of a torch optimizer (AdamW: step, exp_avg, exp_avg_sq)."""
+    return [(f"state[{i}].{k}", v) for i, s in enumerate(optim.state.values()) for k, v in s.items()]
+
+
+def weight_files(path):
+    return sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith((".safetensors", ".bin"))) \
+        if os.path.isdir(path) else []
+
+
+def load_checkpoint_model(path, what="model", hint=None, cls=None, **kw):
+    """A checkpoint our stages saved, verified: cls.from_pretrained (default AutoModelForCausalLM)
+    with no missing, unexpected or mismatched tensor and every parameter finite; anything else is
+    one RunError naming the weight file and the keys. NOTE: a plain from_pretrained random-inits a
+    missing tensor (a garbled name in model.safetensors) and only warns, hidden at error verbosity."""
+    from safetensors import SafetensorError
+    if cls is None:
+        from transformers import AutoModelForCausalLM as cls
+    if not os.path.isdir(path):
+        raise RunError(f"{what} checkpoint {path} is missing")
+    files = ", ".join(weight_files(path)) or path
+    try:
+        model, info = cls.from_pretrained(path, output_loading_info=True, **kw)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        raise RunError(f"cannot load {what} from {files} ({first_line(e)}): "
+                       "the checkpoint is corrupt or incomplete") from None
+    problems = [f"{k.replace('_', ' ')} {sorted(map(str, info[k]))}"
+                for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)]
+    if problems:
+        raise RunError(f"{what} checkpoint {files}: {'; '.join(problems)}: the file is corrupt (loading it "
+                       "would random-init the missing tensors)")
+    bad = nonfinite_names(model.named_parameters())
+    if bad:
+        raise RunError(f"{what} checkpoint {files}: NaN or inf in {', '.join(bad[:5])}"
+                       f"{' ...' if len(bad) > 5 else ''}")
+    return model
+
+
+def torch_load(path, what):
+    """torch.load(path) with one RunError naming the file when it is missing or cannot be read (a
+    truncated or damaged zip, a garbled pickle)."""
+    try:
+        return torch.load(path)
+    except Exception as e:  # NOTE: damaged input raises RuntimeError, UnpicklingError, EOFError, ...
+        raise RunError(f"cannot read {what} {path} ({type(e).__name__}: {first_line(e)}): "
+                       "the checkpoint is corrupt") from None
+
+
+def first_line(e):
+    """An exception's message in one line (an OSError's strerror without the path)."""
+    return getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def write_error(path, e):
+    """One line for a failed write under `path`: "disk full at <path>" for ENOSPC / EDQUOT (torch.save
+    reports a full disk as a RuntimeError: then the free space decides), else the OS error."""
+    full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+    if not full and not isinstance(e, OSError):
+        parent = path
+        while parent and not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        with contextlib.suppress(OSError):
+            full = shutil.disk_usage(parent or ".").free < 1 << 20
+    if full:
+        return f"disk full at {path}"
+    return f"cannot write {path} ({first_line(e)})"

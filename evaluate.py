@@ -12,7 +12,8 @@ Algorithm (the numbers match comments in the code)
      penalty, whatever the checkpoint's generation_config says).
   3. Grade every response with rewards.success_rewards (grading.py extracts and compares, optionally
      in worker processes): a truncated response (no EOS within --max-new-tokens) is incorrect
-     (METHOD §4); a response whose grading raises is incorrect and counted in `grading_errors`;
+     (METHOD §4); a response whose grading raises or runs past the grader's time bound is incorrect
+     and counted in `grading_errors`;
      nothing crashes the run.
   4. Diagnostics per response: tokens (EOS included), steps (rewards.split_steps), repeated steps
      (rewards.repeated_steps: identical, after whitespace normalisation, to an earlier step of the
@@ -89,11 +90,16 @@ class Config:
     policy: str = field("models/arith-policy", "policy: checkpoint directory or hub id")
     dataset: str = field("arith", f"one of {', '.join(common.DATASETS)}, or a path to a .jsonl file")
     split: str = field("test", "split of a named dataset (data/<name>/<split>.jsonl)")
+    prompt: str = field("auto", "prompt format (common.build_prompt): auto | chat | cot | plain",
+                        choices=common.PROMPTS)
     eval_limit: int = field(0, "evaluate the first N problems only (0 = all)")
+    skip_bad: bool = field(False, "skip and count bad data rows (no question or gold, an ungradable gold, an "
+                           "overlong question or prompt) instead of stopping at the first with its file:line")
     # generation
     greedy: bool = field(True, "decode one greedy response per problem (--no-greedy to skip)")
     samples: int = field(8, "n samples per problem at --temperature (0 = none); pass@k / maj@k use them")
-    temperature: float = field(1.0, "sampling temperature (the paper's sampling accuracy uses 1.0)")
+    temperature: float = field(1.0, "sampling temperature (the paper's sampling accuracy uses 1.0); 0 = greedy "
+                               "decoding for the samples too (all n identical)")
     top_p: float = field(1.0, "nucleus sampling threshold (1.0 = off)")
     max_new_tokens: int = field(512, "generation length limit in tokens; hitting it = truncated")
     batch_size: int = field(256, "sequences per generate() call (per rank); larger amortises CPU overhead")
@@ -246,6 +252,12 @@ def check_inputs(cfg):
     """Bad settings and paths fail here, before any model is loaded or any token generated."""
     if cfg.samples < 0 or (cfg.samples == 0 and not cfg.greedy):
         raise common.RunError("nothing to do: need --greedy or --samples >= 1")
+    for name in ("batch_size", "max_new_tokens", "rm_batch_size"):
+        common.require(getattr(cfg, name) >= 1, f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be >= 1")
+    for name in ("eval_limit", "grade_workers"):
+        common.require(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be >= 0")
+    common.require(0 <= cfg.temperature < float("inf"), f"--temperature {cfg.temperature}: must be >= 0 (0 = greedy)")
+    common.require(0 < cfg.top_p <= 1, f"--top-p {cfg.top_p}: must be in (0, 1]")
     if (cfg.prm or cfg.orm) and cfg.samples < 1:
         raise common.RunError("best-of-N with --prm/--orm needs --samples >= 1")
     try:
@@ -260,8 +272,8 @@ def check_inputs(cfg):
 def load_problems(cfg):
     """Step 1: the problems of --dataset / --split (the first --eval-limit of them)."""
     try:
-        problems = common.load_problems(cfg.dataset, cfg.split, cfg.eval_limit or None)
-    except (FileNotFoundError, ValueError) as e:
+        problems = common.load_problems(cfg.dataset, cfg.split, cfg.eval_limit or None, skip_bad=cfg.skip_bad)
+    except (OSError, ValueError) as e:
         raise common.RunError(str(e)) from None
     if not problems:
         raise common.RunError(f"no problems in {cfg.dataset!r} (split {cfg.split})")
@@ -275,7 +287,7 @@ def generate_responses(model, tok, questions, cfg):
     # one); common.generate tokenizes prompt strings without adding special tokens a second time.
     # Its default sort (longest prompts first) is the order evaluate.py has always batched in, so a
     # seed gives the same samples as before.
-    prompts = [common.build_prompt(tok, q) for q in questions]
+    prompts = [common.build_prompt(tok, q, cfg.prompt) for q in questions]
     jobs, gens = [], []
     if cfg.greedy:
         jobs += [(i, "greedy", 0) for i in range(len(prompts))]
@@ -331,14 +343,16 @@ def grade(records, workers=1, chunk=512):
     """
     todo = [r for r in records if r["grading_error"] is None]
     for start in tqdm(range(0, len(todo), chunk), desc="grade", disable=not common.is_master()):
-        part = todo[start:start + chunk]
+        part, statuses = todo[start:start + chunk], []
         try:
             ok = rewards.success_rewards([r["response"] for r in part], [r["gold"] for r in part],
-                                         [not r["truncated"] for r in part], workers=workers)
+                                         [not r["truncated"] for r in part], workers=workers, statuses=statuses)
         except Exception:  # noqa: BLE001 -- fall back to one call per response, errors counted
-            ok = [_grade_one(r) for r in part]
-        for r, c in zip(part, ok):
+            ok, statuses = [_grade_one(r) for r in part], ["ok"] * len(part)
+        for r, c, st in zip(part, ok, statuses):
             r["correct"] = c == 1.0
+            if st != "ok":  # the grader's time bound cut it, or it raised: wrong, and counted
+                r["grading_error"] = f"grader {st}"
 
 
 def load_reward_model(path, kind, cfg, device):
@@ -421,9 +435,12 @@ def main(argv=None):
 
     # 1. problems (each rank its slice problems[rank::W]) and the policy
     problems = load_problems(cfg)
-    mine = list(range(rt.rank, len(problems), rt.world_size))
     tok = common.load_tokenizer(cfg.policy, "--policy tokenizer", MODEL_HINT)
     model = common.load_model(cfg.policy, "--policy", MODEL_HINT, dtype=rt.dtype).to(rt.device).eval()
+    problems = common.check_prompt_lengths(tok, problems, common.max_prompt_tokens(model),
+                                           f"{cfg.dataset} ({cfg.split})", cfg.skip_bad, cfg.prompt)
+    common.require(problems, f"no problems left in {cfg.dataset!r} after --skip-bad")
+    mine = list(range(rt.rank, len(problems), rt.world_size))
     print0(f"{len(problems)} problems from {cfg.dataset} ({cfg.split}), policy {cfg.policy}")
 
     # 2. generation: greedy, then n samples per problem

@@ -5,8 +5,10 @@ What it guarantees, for any response (None, empty, huge, garbage, adversarial La
   - it never executes model text: no eval, no raw sympify; answers are screened before any
     symbolic work and parsed by math-verify's LaTeX parser only;
   - it is bounded in time: the screen rejects pathological answers (power towers, factorial
-    chains, deep nesting, big operators) in milliseconds, and math-verify's whole-second alarms,
-    or a worker process with a wall-clock cap, bound the rest;
+    chains, deep nesting, big operators) in milliseconds; the symbolic work of one pair is cut at
+    PAIR_TIMEOUT_S of wall clock from when it starts (a float interval timer in the main thread of
+    this process or of a worker), and grade_batch's timeout_s bounds a whole batch; pairs cut
+    either way are graded False and counted (grade_batch's `statuses`);
   - it returns False on anything it cannot extract or parse, and never raises on a response (an
     unparsable *gold* answer is a ValueError naming it: that is a data bug, not model output).
 
@@ -15,18 +17,22 @@ The conventions (which box is the final answer, lists vs sets, units, ...) are i
 
   extract_answer(text)                the final answer text of a response or solution, or None
   is_correct(response, gold)          equivalence of that answer with the gold answer -> bool
-  grade_batch(responses, golds, ...)  is_correct for a batch, optionally in worker processes
+  grade_batch(responses, golds, ...)  is_correct for a batch, optionally in worker processes, with
+                                      a status per pair (ok | timeout | error) when asked
+  check_gold(gold)                    ValueError when a gold answer cannot be graded against
   close_grading_pools()               stop grade_batch's workers (also done at exit)
 
 The success reward built on this (the truncation rule included) is rewards.success_rewards.
 """
 
 import atexit
+import contextlib
 import fractions
 import functools
 import multiprocessing
 import os
 import re
+import signal
 import threading
 import time
 
@@ -37,21 +43,23 @@ import time
 #   (c) integers on both sides: compare exactly in Python (the arith world never touches sympy);
 #   (d) otherwise math-verify: parse "\boxed{answer}" with its LaTeX normaliser (units, degrees,
 #       dollars, thousands separators, \text{}) and verify against the parsed gold.
-# NOTE: math-verify bounds parse/verify with signal.alarm, which (1) only takes whole seconds -- a
-# float timeout raises TypeError inside it and every comparison silently returns False -- and (2)
-# only works in the main thread (elsewhere it raises ValueError). So (d) runs in the main thread
-# with alarms; called from any other thread, is_correct hands (d) to a worker process (its main
-# thread has alarms) and waits at most HARD_TIMEOUT_S. The alarm cannot interrupt C code (a
-# bignum power), which is why the screen in (b) exists. It also sets SIGALRM's handler while it
-# runs: do not mix it with other SIGALRM users (e.g. pytest-timeout's signal method).
+# NOTE: time bounds. math-verify's own alarms (signal.alarm) take whole seconds only, catch their
+# own timeout (so it cannot be counted) and work only in the main thread. We switch them off and
+# bound the whole symbolic step (d) of a pair ourselves: a float interval timer (setitimer) that
+# raises _PairTimeout, a BaseException that math-verify's `except Exception` cannot swallow, after
+# PAIR_TIMEOUT_S from when the pair STARTS. The timer too needs the main thread: called from any
+# other thread, is_correct hands (d) to a worker process (its main thread has the timer) and waits
+# at most HARD_TIMEOUT_S. No timer interrupts C code (a bignum power), which is why the screen in
+# (b) exists. The timer owns SIGALRM while it runs: do not mix it with other SIGALRM users (e.g.
+# pytest-timeout's signal method).
 
 MAX_RESPONSE_CHARS = 200_000  # longer responses are graded False without being read
 MAX_ANSWER_CHARS = 300        # MATH test golds are at most 81 chars
 MAX_NESTING = 10              # {, (, [ depth; MATH test golds reach 3
 MAX_DIGITS = 60               # longest digit run in an answer
 MAX_POWERS = 16               # number of ^ in an answer
-PARSE_TIMEOUT_S = 2           # whole seconds (math-verify's signal.alarm takes ints only)
-VERIFY_TIMEOUT_S = 2          # whole seconds, per gold/target comparison
+PAIR_TIMEOUT_S = 2.0          # wall clock for the symbolic work (parse + verify) of one pair
+GOLD_TIMEOUT_S = 2.0          # wall clock to parse one gold answer (check_gold)
 HARD_TIMEOUT_S = 20           # wall clock for one pair handed to a worker process (off main thread)
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
@@ -306,15 +314,65 @@ def _in_main_thread():
     return threading.current_thread() is threading.main_thread()
 
 
+class _PairTimeout(BaseException):
+    """Raised by the interval timer of _deadline. A BaseException: math-verify and sympy catch
+    Exception, so they cannot swallow it."""
+
+
+_DEADLINE_ACTIVE = False
+
+
+@contextlib.contextmanager
+def _deadline(seconds):
+    """Raise _PairTimeout in the main thread `seconds` (a float) after entering; nested use keeps the
+    outer bound. Main thread only (signals)."""
+    global _DEADLINE_ACTIVE
+    if _DEADLINE_ACTIVE:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise _PairTimeout()
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    _DEADLINE_ACTIVE = True
+    signal.setitimer(signal.ITIMER_REAL, max(float(seconds), 1e-3))
+    try:
+        yield
+    finally:
+        try:  # NOTE: the timer may fire right here; the handler is restored whatever happens
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        finally:
+            _DEADLINE_ACTIVE = False
+            signal.signal(signal.SIGALRM, old)
+
+
 def _mv_parse(ans):
-    """math-verify parse of an answer wrapped in \\boxed{}; [] when it cannot be parsed."""
+    """math-verify parse of an answer wrapped in \\boxed{}; [] when it cannot be parsed. No alarm
+    of its own: the caller bounds it (_deadline)."""
     from math_verify import parse
 
-    t = PARSE_TIMEOUT_S if _in_main_thread() else None  # NOTE: alarms only in the main thread
-    try:  # off the main thread this only parses golds (trusted); responses go to a worker
-        return parse("\\boxed{" + ans + "}", parsing_timeout=t)
+    try:
+        return parse("\\boxed{" + ans + "}", parsing_timeout=None)
     except Exception:  # math-verify already swallows parse errors; belt and braces
         return []
+
+
+_WARM = False
+
+
+def _warm_math_verify():
+    """The first math-verify call imports sympy and builds its LaTeX grammar (about a second):
+    done once per process outside any deadline, so it never counts against a pair."""
+    global _WARM
+    if not _WARM:
+        import logging
+
+        from math_verify import verify
+        # NOTE: math-verify warns once that its own timeouts are off; the bound is ours (_deadline)
+        logging.getLogger("math_verify").setLevel(logging.ERROR)
+        verify(_mv_parse("\\frac{1}{2}"), _mv_parse("0.5"), timeout_seconds=None)
+        _WARM = True
 
 
 def _gold_answer_text(gold):
@@ -329,22 +387,86 @@ def _gold_answer_text(gold):
     return marked if marked is not None else gold.strip()
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=65536)
 def _parse_gold(gold):
     """(answer text, int value or None) of a gold answer or full solution; ValueError when it cannot
-    be parsed. Cached: a PPO batch grades many samples per question."""
+    be parsed. Cached: a PPO batch grades many samples per question, and check_gold fills the cache
+    when a stage loads its data."""
     ans = _gold_answer_text(gold)
     gold_int = _int_value(ans) if ans else None
-    if not ans or not _looks_safe(ans) or (gold_int is None and not _gold_parsed(gold)):
+    if not ans or not _looks_safe(ans):
         raise ValueError(f"cannot parse gold answer {gold[:200]!r} (extracted {ans[:200]!r})")
+    if gold_int is None:
+        parsed = None
+        if _in_main_thread():
+            _warm_math_verify()
+            try:
+                with _deadline(GOLD_TIMEOUT_S):
+                    parsed = _gold_parsed(gold)
+            except _PairTimeout:
+                raise ValueError(f"gold answer {gold[:200]!r} took over {GOLD_TIMEOUT_S}s to parse") from None
+        else:
+            parsed = _gold_parsed(gold)
+        if not parsed:
+            raise ValueError(f"cannot parse gold answer {gold[:200]!r} (extracted {ans[:200]!r})")
     return ans, gold_int
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=65536)
 def _gold_parsed(gold):
     """math-verify's parse of the gold answer (lazy: integer golds only need it for non-integer
     responses)."""
     return tuple(_mv_parse(_normalize_answer(_gold_answer_text(gold))))
+
+
+def _as_gold(gold):
+    if isinstance(gold, (int, float)) and not isinstance(gold, bool):
+        gold = str(gold)
+    if not isinstance(gold, str):
+        raise ValueError(f"gold answer {gold!r} is not a string")
+    return gold
+
+
+def check_gold(gold):
+    """None when `gold` can be graded against, else ValueError with the reason. Every stage calls it
+    (through common.load_problems) on every gold when it loads its data, so a bad row is found
+    there, with its file and line, and not when a training step first draws it."""
+    _parse_gold(_as_gold(gold))
+
+
+def _grade(response, gold, timeout_s=None):
+    """(correct, status) of one pair; status "ok", "timeout" (the symbolic step ran past timeout_s
+    of wall clock, or timeout_s <= 0: no time left in the batch) or "error" (the grader raised).
+    ValueError on an unparsable gold."""
+    gold = _as_gold(gold)
+    timeout_s = PAIR_TIMEOUT_S if timeout_s is None else timeout_s
+    _, gold_int = _parse_gold(gold)
+    ans = _screened_answer(response)
+    if ans is None:
+        return False, "ok"
+    pred_int = _int_value(ans)
+    if gold_int is not None and pred_int is not None:  # exact, no sympy (the arith world)
+        return pred_int == gold_int, "ok"
+    if timeout_s <= 0:
+        return False, "timeout"
+    if not _in_main_thread():  # no timer here: grade in a worker's main thread, bounded
+        statuses = []
+        ok = _grade_in_workers([response], [gold], 1, HARD_TIMEOUT_S, timeout_s, statuses)[0]
+        return ok, statuses[0]
+    try:
+        _warm_math_verify()
+        from math_verify import verify
+
+        with _deadline(timeout_s):
+            pred = _mv_parse(_normalize_answer(ans))
+            gold_parsed = _gold_parsed(gold)
+            if not pred or not gold_parsed:
+                return False, "ok"
+            return bool(verify(list(gold_parsed), pred, timeout_seconds=None)), "ok"
+    except _PairTimeout:
+        return False, "timeout"
+    except Exception:  # noqa: BLE001 -- untrusted input must never crash a training step
+        return False, "error"
 
 
 def is_correct(response, gold):
@@ -354,33 +476,11 @@ def is_correct(response, gold):
     gold: a bare answer ("\\frac{1}{2}", "72") or a full GSM8K ("... #### 72") / MATH
     ("... \\boxed{72}") solution; an unparsable gold raises ValueError naming it.
     Never raises on `response` (None, empty, huge or garbage -> False) and never executes it.
-    Bounded in time: the screen rejects pathological answers; math-verify's alarms (whole seconds)
-    bound the rest. Off the main thread (no alarms, see NOTE above) the sympy step runs in a
-    worker process and is cut after HARD_TIMEOUT_S; prefer grade_batch for throughput.
+    Bounded in time: the screen rejects pathological answers; the symbolic step is cut after
+    PAIR_TIMEOUT_S (False). Off the main thread (no timer, see NOTE above) the symbolic step runs in
+    a worker process; prefer grade_batch for throughput.
     """
-    if isinstance(gold, (int, float)) and not isinstance(gold, bool):
-        gold = str(gold)
-    if not isinstance(gold, str):
-        raise ValueError(f"gold answer {gold!r} is not a string")
-    _, gold_int = _parse_gold(gold)
-    ans = _screened_answer(response)
-    if ans is None:
-        return False
-    pred_int = _int_value(ans)
-    if gold_int is not None and pred_int is not None:  # exact, no sympy (the arith world)
-        return pred_int == gold_int
-    if not _in_main_thread():  # no alarms here: grade in a worker's main thread, bounded
-        return _grade_in_workers([response], [gold], 1, HARD_TIMEOUT_S)[0]
-    try:
-        pred = _mv_parse(_normalize_answer(ans))
-        gold_parsed = _gold_parsed(gold)
-        if not pred or not gold_parsed:
-            return False
-        from math_verify import verify
-
-        return bool(verify(list(gold_parsed), pred, timeout_seconds=VERIFY_TIMEOUT_S))
-    except Exception:  # noqa: BLE001 -- untrusted input must never crash a training step
-        return False
+    return _grade(response, gold)[0]
 
 
 def _screened_answer(response):
@@ -394,8 +494,15 @@ def _screened_answer(response):
         return None
 
 
-def _grade_pair(response, gold):  # module-level so worker processes can unpickle it
-    return is_correct(response, gold)
+def _grade_pair(response, gold, timeout_s=None):  # module-level so workers can unpickle it
+    """In a worker: _grade with the pair's deadline measured from now, when the worker STARTS it
+    (not from submission: pairs queued behind slow ones keep their whole budget)."""
+    try:
+        return _grade(response, gold, timeout_s)
+    except ValueError:
+        raise  # a bad gold: the caller's data error
+    except Exception:  # noqa: BLE001
+        return False, "error"
 
 
 _POOLS = {}
@@ -415,19 +522,22 @@ def _grading_pool(processes):
         return pool
 
 
-def _grade_in_workers(responses, golds, processes, timeout_s):
-    """is_correct of each pair in a pool of worker processes, all done within timeout_s seconds;
-    pairs still running then are False and the pool is replaced (kills a worker stuck in C code)."""
+def _grade_in_workers(responses, golds, processes, timeout_s, pair_timeout_s, statuses):
+    """_grade of each pair in a pool of worker processes, each pair bounded by pair_timeout_s inside
+    its worker, the batch by timeout_s; pairs still pending then (a worker stuck in C code, or too
+    many slow pairs queued) are False with status "timeout", and the pool is replaced."""
     pool = _grading_pool(processes)
-    jobs = [pool.apply_async(_grade_pair, (r, g)) for r, g in zip(responses, golds)]
+    jobs = [pool.apply_async(_grade_pair, (r, g, pair_timeout_s)) for r, g in zip(responses, golds)]
     deadline = time.monotonic() + timeout_s
     out, stuck = [], 0
     for job in jobs:
         try:
-            out.append(bool(job.get(timeout=max(deadline - time.monotonic(), 0.0))))
+            ok, status = job.get(timeout=max(deadline - time.monotonic(), 0.0))
         except multiprocessing.TimeoutError:
-            out.append(False)
+            ok, status = False, "timeout"
             stuck += 1
+        out.append(bool(ok))
+        statuses.append(status)
     if stuck:
         print(f"grading: {stuck} of {len(jobs)} pairs did not finish in {timeout_s}s; "
               "graded False, worker pool restarted")
@@ -450,22 +560,43 @@ def close_grading_pools():
 atexit.register(close_grading_pools)
 
 
-def grade_batch(responses, golds, processes=None, timeout_s=60.0):
+def grade_batch(responses, golds, processes=None, timeout_s=60.0, pair_timeout_s=None, statuses=None):
     """is_correct for each (response, gold) pair -> list[bool], e.g. a PPO batch of 512.
 
     processes: 0 or 1 grades serially in this process; N > 1 uses a persistent pool of N worker
-    processes (default: min(8, CPU count)), where math-verify's alarms work whatever thread calls
-    us. Each worker imports this module, math-verify and the main script (torch, for a stage
-    script): a few hundred MB of RAM each.
-    timeout_s: wall-clock bound for the whole batch; pairs still running then are graded False
-    and the pool is replaced (a worker stuck in C code cannot be interrupted otherwise).
-    A gold that cannot be parsed raises ValueError, as in is_correct.
+    processes (default: min(8, CPU count)). Each worker imports this module, math-verify and the
+    main script (torch, for a stage script): a few hundred MB of RAM each. Either way the cheap part
+    (extraction, the screen, integer pairs) runs here, and only pairs that need symbolic work go to
+    the workers, so plain answers never queue behind slow ones.
+    Time bounds, both wall clock: pair_timeout_s (default PAIR_TIMEOUT_S) for the symbolic work of
+    one pair, from when it starts; timeout_s for the whole batch (serially: pairs reached after it get the cheap part
+    only; in a pool: pairs still pending are cut and the pool replaced). A pair cut by either is
+    False with status "timeout".
+    statuses: a list to extend with one status per pair: "ok", "timeout", or "error" (the grader
+    raised on the response: False). A gold that cannot be parsed raises ValueError, as in is_correct.
     """
     responses, golds = list(responses), list(golds)
     if len(responses) != len(golds):
         raise ValueError(f"{len(responses)} responses but {len(golds)} golds")
     if processes is None:
         processes = min(8, os.cpu_count() or 1)
-    if processes <= 1 or len(responses) <= 1:
-        return [is_correct(r, g) for r, g in zip(responses, golds)]
-    return _grade_in_workers(responses, golds, processes, timeout_s)
+    pair_timeout_s = PAIR_TIMEOUT_S if pair_timeout_s is None else pair_timeout_s
+    deadline = time.monotonic() + timeout_s
+    out, status = [False] * len(responses), ["ok"] * len(responses)
+    symbolic = []  # pairs past the cheap part
+    for i, (r, g) in enumerate(zip(responses, golds)):
+        out[i], status[i] = _grade(r, g, timeout_s=0)  # cheap part only: "timeout" = needs sympy
+        if status[i] == "timeout":
+            symbolic.append(i)
+    if processes > 1 and len(symbolic) > 1:
+        sub = []
+        oks = _grade_in_workers([responses[i] for i in symbolic], [golds[i] for i in symbolic], processes,
+                                max(deadline - time.monotonic(), 0.0), pair_timeout_s, sub)
+        for i, ok, st in zip(symbolic, oks, sub):
+            out[i], status[i] = ok, st
+    else:
+        for i in symbolic:
+            out[i], status[i] = _grade(responses[i], golds[i], min(pair_timeout_s, deadline - time.monotonic()))
+    if statuses is not None:
+        statuses.extend(status)
+    return out

@@ -29,8 +29,10 @@ Algorithm (the numbers match comments in the code)
   5. Log one line per step (metrics.jsonl, optional wandb); greedy accuracy on the first
      `eval_limit` test problems at step 0, every `eval_every` steps and at the end; decoded samples
      with their step scores every `sample_every` steps; a checkpoint (HF policy + critic,
-     optimizers, RNG, meta.json) every `save_every` steps and at the end. --resume continues from
-     it: on CPU, bit-identical to a run that was never stopped.
+     optimizers, RNG, meta.json with checksums) every `save_every` steps and at the end, after the
+     weights were checked finite. --resume continues from it: on CPU, bit-identical to a run that
+     was never stopped. One run per out_dir (a lock); a fresh run refuses a used out_dir unless
+     --overwrite (README "Failure modes": crashes, a full disk, corrupt files, resume flags).
 
 Where to change what: the algorithm is the section between the ALGORITHM and PLUMBING banners
 (score: the rewards; compute_advantages; ppo_token_losses: the loss). Everything after the PLUMBING
@@ -53,8 +55,10 @@ Decisions (not in the paper)
     the rollout ends: one all-gather instead of one per layer per token, at the cost of the
     unsharded bf16 policy in memory during generation (15 GB for a 7B).
   - Every random draw (data order, sampling noise, minibatch split) comes from a generator seeded by
-    (seed, step), and a sample's noise is indexed by its global row: the metrics do not depend on
-    the number of processes, and resuming needs only the step.
+    (seed, step), and a sample's noise is indexed by its global row: the data order, each row's
+    noise, the minibatch split and the loss normalisation do not depend on the number of
+    processes, and resuming needs only the step. The floating-point results do (summation order),
+    as they do on the thread count: runs are not bit-identical across either (README, Stage 4).
 
 Commands
   CPU, the arith world with the shipped checkpoints (about 5 min on 2 cores):
@@ -82,9 +86,9 @@ Shapes: B rows (responses) on this rank, P prompt tokens (left-padded), T respon
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -94,6 +98,7 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 import common
@@ -114,6 +119,10 @@ class Config:
     dataset: str = field("arith", "training questions: arith | gsm8k | math | a .jsonl path (train split)")
     eval_dataset: str = field("", "greedy-eval set, test split ('' = --dataset)")
     eval_limit: int = field(500, "greedy eval on the first N test problems (0 = none)")
+    skip_bad: bool = field(False, "skip and count bad data rows (no question or gold, an ungradable gold, an "
+                           "overlong question or prompt) instead of stopping at the first with its file:line")
+    prompt: str = field("auto", "prompt format (common.build_prompt): auto | chat | cot | plain",
+                        choices=common.PROMPTS)
     # reward (METHOD §2)
     reward: str = field("clip_delta", "reward mode (METHOD §2): success | orm | prm (x_k) | clip "
                         "(min(x_k - eta, 0)) | delta (x_k - x_{k+1}, Gao et al.) | clip_delta (delta of clip) | "
@@ -134,7 +143,7 @@ class Config:
     steps: int = field(200, "PPO steps (rollout + update)")
     prompts_per_step: int = field(64, "questions per step, global (all ranks)")
     samples_per_prompt: int = field(1, "samples per question")
-    temperature: float = field(1.0, "sampling temperature (log-probs use the same one)")
+    temperature: float = field(1.0, "sampling temperature, > 0 (PPO learns from samples; log-probs use the same one)")
     max_new_tokens: int = field(160, "response length limit in tokens; reaching it = truncation")
     # PPO
     ppo_epochs: int = field(2, "passes over the rollout batch")
@@ -155,7 +164,10 @@ class Config:
     grad_ckpt: bool = field(False, "gradient checkpointing in policy and critic")
     grade_workers: int = field(1, "grading processes (1 = serial; MATH: the CPU count)")
     out_dir: str = field("out/ppo", "metrics.jsonl and ckpt/ go here")
-    resume: bool = field(False, "continue from out_dir/ckpt (flags given now override the saved ones)")
+    resume: bool = field(False, "continue from out_dir/ckpt with its saved config; only flags in RESUME_SAFE "
+                         "(--steps, --eval-every, --save-every, --device, ...) may differ from the saved values")
+    overwrite: bool = field(False, "a fresh run in an out_dir holding a previous run (metrics.jsonl, ckpt/) "
+                            "deletes it first; without this (or --resume) such a run refuses to start")
     eval_every: int = field(50, "steps between greedy evals (0 = start and end only)")
     save_every: int = field(50, "steps between checkpoints (0 = end only)")
     sample_every: int = field(50, "steps between printed samples (0 = never)")
@@ -212,12 +224,14 @@ def score(rm, tok, batch, ro, cfg, step):
     """2. Success on the last token and the learned term on step ends -> (B, T) score rewards."""
     t0 = time.time()
     resp_ids, texts = decode(tok, ro.resp, ro.lengths)
+    statuses = []  # the grader's "ok" / "timeout" / "error" per row: counted in the step metrics
     try:  # NOTE: success_rewards never grades an unfinished row (0); --truncation decides the rest below
         success = rewards.success_rewards(texts, [p["answer"] for p in batch], ro.finished.tolist(),
-                                          cfg.grade_workers)
-    except ValueError as e:  # a gold answer the grader cannot parse
+                                          cfg.grade_workers, statuses=statuses)
+    except ValueError as e:  # a gold answer the grader cannot parse (load_data checks them all first)
         raise common.RunError(f"step {step}, dataset {cfg.dataset!r}: {e}") from None
     success = torch.tensor(success, device=ro.mask.device)  # (B,)
+    grading = {"timeouts": statuses.count("timeout"), "errors": statuses.count("error")}
     t1 = time.time()
     if rm is None:
         raw = torch.zeros(len(batch), 0, device=ro.mask.device)  # (B, K) with K = 0
@@ -230,7 +244,7 @@ def score(rm, tok, batch, ro, cfg, step):
         values = cfg.alpha * values * kmask  # (B, K)
     success, values = rewards.apply_truncation(success, values, ro.finished, cfg.truncation)  # KL stays
     steps = [rewards.split_steps(x, rm.step_sep if rm else rewards.DEFAULT_STEP_SEP) for x in texts]
-    return SimpleNamespace(texts=texts, steps=steps, success=success, raw=raw, kmask=kmask, values=values,
+    return SimpleNamespace(texts=texts, steps=steps, success=success, raw=raw, kmask=kmask, values=values, grading=grading,
                            token=rewards.place_rewards(values, end_idx, kmask, success, ro.mask),  # (B, T)
                            perf={"perf/grade_s": t1 - t0, "perf/score_s": time.time() - t1})
 
@@ -304,10 +318,36 @@ def problem_indices(step, n, n_problems, seed):
     return [int(perms[i // n_problems][i % n_problems]) for i in range(step * n, (step + 1) * n)]
 
 
-def check_finite(name, t, step):
+def checkpoint_note(out_dir):
+    """What is on disk when a run stops: the step of out_dir/ckpt, which holds finite weights (every
+    save follows check_finite_weights), or that there is none yet."""
+    ckpt = os.path.join(out_dir, "ckpt")
+    try:
+        with open(os.path.join(ckpt, "meta.json")) as f:
+            return f"the checkpoint of step {json.load(f)['step']} in {ckpt} is left intact"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no checkpoint in {ckpt} yet"
+
+
+def check_finite(name, t, step, out_dir):
     """Stop, on every rank together, when t holds NaN or inf."""
     if all_sum((~torch.isfinite(t)).any().float().reshape(1)).item() > 0:
-        raise common.RunError(f"step {step}: non-finite {name}; stopping (the last checkpoint is left intact)")
+        raise common.RunError(f"step {step}: non-finite {name}; stopping ({checkpoint_note(out_dir)})")
+
+
+def check_finite_weights(models, optims, step, cfg, rt):
+    """After every optimizer step, on every rank together: stop when a parameter or an optimizer state
+    of a trained model holds NaN or inf, before a save could write it over the good checkpoint
+    (a --lr far too high gives NaN within a step or two). One fused isfinite pass per tensor and one
+    host sync for all of them: cheap next to the step. Finite but absurd weights are the lr's
+    business, not an error."""
+    bad = {name: common.nonfinite_names(list(models[name].named_parameters()) +
+                                        common.optimizer_tensors(optims[name])) for name in models}
+    if all_sum(torch.tensor([float(len(b)) for b in bad.values()], device=rt.device)).sum().item() > 0:
+        what = "; ".join(f"{name}: {', '.join(b[:3])}{' ...' if len(b) > 3 else ''}" for name, b in bad.items() if b)
+        raise common.RunError(f"step {step}: NaN or inf in the weights after an optimizer step ({what or 'on another rank'};"
+                              f" --lr {cfg.lr:g} / --critic-lr {cfg.critic_lr:g} too high?); stopping "
+                              f"({checkpoint_note(cfg.out_dir)})")
 
 
 def explained_variance(values, returns, mask):
@@ -365,8 +405,11 @@ def inverse_cdf(probs, u):
 
 @torch.no_grad()
 def sample(model, prompt_ids, prompt_mask, max_new_tokens, temperature, eos_ids, pad_id,
-           gen=None, rows=None, n_rows=None):
+           gen=None, rows=None, n_rows=None, vocab_size=None):
     """KV-cached sampling from left-padded prompts (B, P); greedy when temperature == 0.
+
+    vocab_size: len(tokenizer). NOTE: Qwen2.5 pads 151,665 tokens to 151,936 embedding rows; ids at
+    or past len(tokenizer) decode to nothing, so their logits are -inf (never sampled).
 
     Each token draws one uniform per global row, u = rand(n_rows)[rows], and inverts the CDF: a
     row's sample depends on its global index only, not on the rows it shares a batch with.
@@ -380,8 +423,15 @@ def sample(model, prompt_ids, prompt_mask, max_new_tokens, temperature, eos_ids,
     attn = prompt_mask.long()  # (b, P + t) grows by a column per token
     pos = (attn.cumsum(-1) - 1).clamp(min=0)  # (B, P)
     cache = DynamicCache(config=model.config)
-    logits = model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
-                   use_cache=True, logits_to_keep=1).logits[:, -1].float()  # (b, V)
+
+    def last_logits(out):  # (b, V) fp32, padding rows of the vocabulary masked
+        logits = out.logits[:, -1].float()
+        if vocab_size is not None and vocab_size < logits.shape[-1]:
+            logits[:, vocab_size:] = float("-inf")
+        return logits
+
+    logits = last_logits(model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+                               use_cache=True, logits_to_keep=1))  # (b, V)
     out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
@@ -404,8 +454,8 @@ def sample(model, prompt_ids, prompt_mask, max_new_tokens, temperature, eos_ids,
             active, tok, attn, next_pos, live = active[keep], tok[keep], attn[keep], next_pos[keep], live[keep]
             cache.batch_select_indices(keep)
         attn = torch.cat([attn, attn.new_ones(len(active), 1)], dim=1)
-        logits = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None],
-                       past_key_values=cache, use_cache=True).logits[:, -1].float()
+        logits = last_logits(model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None],
+                                   past_key_values=cache, use_cache=True))
         next_pos = next_pos + 1
     return out[:, : int(lengths.max())], lengths, finished
 
@@ -417,18 +467,74 @@ def trim(ids, attn, P):
     return ids[:, P - p:end], attn[:, P - p:end], p
 
 
+@contextlib.contextmanager
+def head_inputs(model):
+    """Inside the block, the model's forward skips its output head (lm_head) and appends the head's
+    input, the final hidden states, to the yielded list. NOTE: a hook rather than a call of the base
+    model: under FSDP2 only the root's forward gathers the root's weights (embeddings, norm, head)."""
+    hidden = []
+
+    def keep_and_skip(head, args):
+        hidden.append(args[0])
+        return (args[0][..., :0, :],) + args[1:]  # (B, 0, H): the head computes no logits
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(keep_and_skip)
+    try:
+        yield hidden
+    finally:
+        handle.remove()
+
+
+LOGP_CHUNK = 256  # tokens per (chunk, V) fp32 block in policy_logprobs: 156 MB at V = 151,936
+
+
+def token_logprobs(head, h, tokens, temperature, entropy):
+    """log-probs of `tokens` (n,) and, if asked, entropies (n,; else 0) under softmax(head(h) / T),
+    the sampling distribution, in fp32; h (n, H)."""
+    logits = head(h).float() / temperature  # (n, V)
+    lse = logits.logsumexp(-1)  # (n,)
+    logp = logits.gather(-1, tokens[:, None]).squeeze(-1) - lse  # (n,)
+    if not entropy:
+        return logp, torch.zeros_like(logp)
+    return logp, lse - (logits.softmax(-1) * logits).sum(-1)  # H = log Z - E_p[logits]
+
+
 def policy_logprobs(model, ids, attn, P, temperature, entropy=False):
-    """fp32 log-probs (B, T) of the response tokens ids[:, P:] (and their entropies (B, T))."""
-    T = ids.shape[1] - P
+    """fp32 log-probs (B, T) of the response tokens ids[:, P:] at `temperature` (and their
+    entropies (B, T)); 0 where attn is 0.
+
+    NOTE: memory. Full-vocabulary fp32 logits and log-softmax for the whole batch would cost about
+    five (B, T, V) fp32 tensors in forward + backward (6 GB at V = 151,936, B x T = 4 x 512). We keep
+    the final hidden states (n, H) of the n response tokens and run the head and the softmax on
+    LOGP_CHUNK tokens at a time; with gradients on, torch.utils.checkpoint recomputes each chunk in
+    the backward, so no (chunk, V) tensor outlives its chunk (bench/bench_logprobs.py).
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    B, T = ids.shape[0], ids.shape[1] - P
     ids, attn, P = trim(ids, attn, P)
     t = ids.shape[1] - P
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
-                   logits_to_keep=t + 1).logits[:, :-1].float()  # (B, t, V): predicts ids[:, P:]
-    logp_all = torch.log_softmax(logits / max(temperature, 1e-6), -1)  # the sampling distribution
-    logp = F.pad(logp_all.gather(-1, ids[:, P:, None]).squeeze(-1), (0, T - t))  # (B, T)
-    if not entropy:
-        return logp
-    return logp, F.pad(-(logp_all.exp() * logp_all).sum(-1), (0, T - t))
+    with head_inputs(model) as hidden:
+        model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
+              logits_to_keep=t + 1)
+    keep = attn[:, P:].bool()  # (B, t) response tokens
+    h, tokens = hidden[0][:, :-1][keep], ids[:, P:][keep]  # (n, H) predicts (n,)
+    fsdp = isinstance(model, FSDPModule)
+    if fsdp:  # NOTE: the root may have resharded after its forward; the head runs after it, and again
+        model.unshard()  # in the backward, whose final callback reduce-scatters its gradient and reshards
+    chunk = functools.partial(token_logprobs, model.get_output_embeddings(),
+                              temperature=max(temperature, 1e-6), entropy=entropy)
+    logp, ent = [], []
+    for hc, tc in zip(h.split(LOGP_CHUNK), tokens.split(LOGP_CHUNK)):  # (c, H), (c,)
+        lp, en = checkpoint(chunk, hc, tc, use_reentrant=False) if torch.is_grad_enabled() else chunk(hc, tc)
+        logp.append(lp), ent.append(en)
+    if fsdp and not torch.is_grad_enabled():  # no backward will reshard it
+        model.reshard()
+
+    def per_row(x):  # (n,) -> (B, T), 0 off the response tokens
+        return F.pad(torch.zeros(B, t, device=h.device).masked_scatter(keep, torch.cat(x)), (0, T - t))
+
+    return (per_row(logp), per_row(ent)) if entropy else per_row(logp)
 
 
 def critic_values(critic, ids, attn, P):
@@ -446,8 +552,8 @@ def batched(fn, n, micro):
     return torch.cat([fn(slice(i, i + micro)) for i in range(0, n, micro)])
 
 
-def encode(tok, questions, device):
-    enc = tok([common.build_prompt(tok, q) for q in questions], return_tensors="pt", padding=True,
+def encode(tok, questions, device, prompt="auto"):
+    enc = tok([common.build_prompt(tok, q, prompt) for q in questions], return_tensors="pt", padding=True,
               add_special_tokens=False)  # the chat template already holds any special tokens
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
@@ -469,14 +575,14 @@ def step_batch(problems, step, cfg, rt):
 
 def rollout(policy, ref, critic, tok, eos_ids, questions, cfg, rt, step):
     """1. Sample this rank's rows and recompute old / reference log-probs and values."""
-    prompt_ids, prompt_mask = encode(tok, questions, rt.device)  # (B, P)
+    prompt_ids, prompt_mask = encode(tok, questions, rt.device, cfg.prompt)  # (B, P)
     gen = torch.Generator(device=rt.device).manual_seed(cfg.seed * 1_000_003 + step)
     rows = torch.arange(rt.B, device=rt.device) + rt.rank * rt.B  # global row indices
     policy.eval(), critic.eval()
     t0 = time.time()
     with gathered(policy), rt.amp:
         resp, lengths, finished = sample(policy, prompt_ids, prompt_mask, cfg.max_new_tokens, cfg.temperature,
-                                         eos_ids, tok.pad_token_id, gen, rows, rt.n_rows)  # (B, T)
+                                         eos_ids, tok.pad_token_id, gen, rows, rt.n_rows, len(tok))  # (B, T)
     t1 = time.time()
     T, P = resp.shape[1], prompt_ids.shape[1]
     mask = torch.arange(T, device=rt.device)[None] < lengths[:, None]  # (B, T) response_mask, EOS included
@@ -541,7 +647,7 @@ def ppo_update(models, optims, ro, adv, returns, cfg, rt, step):
                 # NOTE: gradients are averaged over ranks, so world / global count gives the exact
                 # token mean over the global minibatch, whatever the split into ranks and micro-batches
                 loss = (L["pg"].sum() + L["vf"].sum()) * rt.world_size / n_tok
-                check_finite("loss", loss.detach(), step)
+                check_finite("loss", loss.detach(), step, cfg.out_dir)
                 loss.backward()
                 with torch.no_grad():
                     for k, x in (("pg_loss", L["pg"]), ("v_loss", L["vf"]), ("pg_clipfrac", L["clip"]),
@@ -551,6 +657,7 @@ def ppo_update(models, optims, ro, adv, returns, cfg, rt, step):
             if first_ratio is None:  # same weights as the rollout: 1 up to float noise
                 first_ratio = (all_sum(sums["ratio"]) / all_sum(sums["tokens"])).item()
             optimizer_step(models, optims, cfg, rt)
+            check_finite_weights(models, optims, step, cfg, rt)
     return dict(zip(STATS, all_sum(torch.stack([sums[k] for k in STATS])))), first_ratio
 
 
@@ -562,8 +669,9 @@ def greedy_accuracy(policy, tok, eos_ids, problems, cfg, rt):
     with gathered(policy), rt.amp:
         for i in range(0, len(mine), rt.B):
             chunk = mine[i:i + rt.B]
-            ids, mask = encode(tok, [p["question"] for p in chunk], rt.device)
-            resp, lengths, fin = sample(policy, ids, mask, cfg.max_new_tokens, 0.0, eos_ids, tok.pad_token_id)
+            ids, mask = encode(tok, [p["question"] for p in chunk], rt.device, cfg.prompt)
+            resp, lengths, fin = sample(policy, ids, mask, cfg.max_new_tokens, 0.0, eos_ids, tok.pad_token_id,
+                                        vocab_size=len(tok))
             correct += sum(rewards.success_rewards(decode(tok, resp, lengths)[1], [p["answer"] for p in chunk],
                                                    fin.tolist(), cfg.grade_workers))
     s = all_sum(torch.tensor([correct, float(len(mine))], device=rt.device))
@@ -573,10 +681,10 @@ def greedy_accuracy(policy, tok, eos_ids, problems, cfg, rt):
 def step_metrics(step, ro, sc, token_rewards, kl, returns, stats, first_ratio, cfg, rt):
     """5. The metrics row of a step, averaged over the global batch (per response or per token)."""
     names = ("success", "learned", "kl_penalty", "total", "ref_kl", "tokens", "steps", "truncated", "rows",
-             "repeated")
+             "repeated", "grade_timeouts", "grade_errors")
     mine = (sc.success.sum(), sc.values.sum(), (-cfg.beta * kl).sum(), token_rewards.sum(), kl.sum(),
             ro.lengths.sum(), sum(len(s) for s in sc.steps), (~ro.finished).sum(), rt.B,
-            sum(rewards.repeated_steps(s) for s in sc.steps))
+            sum(rewards.repeated_steps(s) for s in sc.steps), sc.grading["timeouts"], sc.grading["errors"])
     r = dict(zip(names, all_sum(torch.tensor([float(x) for x in mine], device=rt.device))))
     n, n_tok = r["rows"], stats["tokens"].clamp(min=1)
     row = {"reward/success": r["success"] / n, "reward/learned": r["learned"] / n,
@@ -588,7 +696,9 @@ def step_metrics(step, ro, sc, token_rewards, kl, returns, stats, first_ratio, c
            "value/explained_variance": explained_variance(ro.values, returns, ro.mask),
            "rollout/response_tokens": r["tokens"] / n, "rollout/steps_per_response": r["steps"] / n,
            "rollout/repeated_step_fraction": r["repeated"] / r["steps"].clamp(min=1),
-           "rollout/truncated_fraction": r["truncated"] / n, "rollout/accuracy": r["success"] / n}
+           "rollout/truncated_fraction": r["truncated"] / n, "rollout/accuracy": r["success"] / n,
+           # responses the grader cut (time bound) or failed on, graded 0: a silent reward collapse shows here
+           "reward/grade_timeouts": r["grade_timeouts"], "reward/grade_errors": r["grade_errors"]}
     return {"step": step, **{k: float(v) for k, v in row.items()}}
 
 
@@ -607,70 +717,154 @@ def full_state(model, optim):
 
 
 def save_checkpoint(out_dir, models, optims, tok, cfg, step, metrics, master):
-    """Every rank gathers; rank 0 writes ckpt.tmp and swaps it in, so a crash mid-save leaves the
-    previous checkpoint intact."""
+    """Every rank gathers; rank 0 writes ckpt.tmp and swaps it in (common.swap_in: every file and
+    directory fsynced, then two renames). Guarantees (README "Failure modes"): a kill or a power loss
+    at any point leaves a whole checkpoint (the previous or the new one; common.recover_swap repairs
+    a kill between the renames), leftovers of a killed save or deletion never block a later one,
+    and a failed write (a full disk) is one line with the partial ckpt.tmp deleted. meta.json lists
+    the sha256 of every other file, verified by --resume. The weights were checked finite after the
+    last optimizer step (check_finite_weights)."""
     states = {name: full_state(models[name], optims[name]) for name in models}
     if master:
         tmp, final = os.path.join(out_dir, "ckpt.tmp"), os.path.join(out_dir, "ckpt")
-        shutil.rmtree(tmp, ignore_errors=True)
-        for name, (sd, _) in states.items():
-            models[name].save_pretrained(os.path.join(tmp, name), state_dict=sd)
-            tok.save_pretrained(os.path.join(tmp, name))
-            path = os.path.join(tmp, name, "config.json")  # NOTE: FSDP2 renames the class FSDP<Name>
-            with open(path) as f:
-                conf = json.load(f)
-            conf["architectures"] = [a.removeprefix("FSDP") for a in conf.get("architectures") or []]
-            with open(path, "w") as f:
-                json.dump(conf, f, indent=2)
-        torch.save({name: o for name, (_, o) in states.items()}, os.path.join(tmp, "optimizers.pt"))
-        torch.save(torch.get_rng_state(), os.path.join(tmp, "rng.pt"))
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump({"config": dataclasses.asdict(cfg), "step": step, "data_position": step * cfg.prompts_per_step,
-                       "metrics": metrics}, f, indent=2)
-        if os.path.exists(final):
-            os.replace(final, final + ".old")
-        os.replace(tmp, final)
-        shutil.rmtree(final + ".old", ignore_errors=True)
+        common.recover_swap(final)  # a leftover ckpt.tmp / ckpt.old / trash of a killed save
+        try:
+            write_checkpoint(tmp, states, models, tok, cfg, step, metrics)
+            metrics_file = os.path.join(out_dir, "metrics.jsonl")
+            if os.path.exists(metrics_file):  # its rows up to this step survive a power loss too
+                common.fsync_file(metrics_file)
+            common.swap_in(tmp, final)
+        except (OSError, RuntimeError) as e:  # NOTE: torch.save reports a full disk as a RuntimeError
+            msg = common.write_error(tmp, e)
+            with contextlib.suppress(OSError):
+                common.remove_tree(tmp)
+            raise common.RunError(f"step {step}: cannot save the checkpoint: {msg}; "
+                                  f"{checkpoint_note(out_dir).replace('left intact', 'kept')}") from None
     common.barrier()
 
 
+def write_checkpoint(tmp, states, models, tok, cfg, step, metrics):
+    """The files of a checkpoint in `tmp`: {policy,critic}/ (HF format), optimizers.pt, rng.pt and
+    meta.json (config, step, data position, metrics, the sha256 of every other file)."""
+    for name, (sd, _) in states.items():
+        models[name].save_pretrained(os.path.join(tmp, name), state_dict=sd)
+        tok.save_pretrained(os.path.join(tmp, name))
+        path = os.path.join(tmp, name, "config.json")  # NOTE: FSDP2 renames the class FSDP<Name>
+        with open(path) as f:
+            conf = json.load(f)
+        conf["architectures"] = [a.removeprefix("FSDP") for a in conf.get("architectures") or []]
+        with open(path, "w") as f:
+            json.dump(conf, f, indent=2)
+    torch.save({name: o for name, (_, o) in states.items()}, os.path.join(tmp, "optimizers.pt"))
+    torch.save(torch.get_rng_state(), os.path.join(tmp, "rng.pt"))
+    files = common.file_digests(tmp)  # (before meta.json exists)
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump({"config": dataclasses.asdict(cfg), "step": step, "data_position": step * cfg.prompts_per_step,
+                   "metrics": metrics, "files": files}, f, indent=2)
+
+
 def load_optimizers(ckpt, models, optims, master):
-    """Rank 0 reads the full optimizer states and broadcasts them into the (sharded) optimizers."""
+    """Verify every checkpoint file against the sha256 in meta.json (rank 0), then rank 0 reads the
+    full optimizer states and broadcasts them into the (sharded) optimizers; every rank restores the
+    RNG. A damaged file is one RunError naming it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    state = torch.load(os.path.join(ckpt, "optimizers.pt")) if master else None
+    state = None
+    if master:
+        digests = read_meta(ckpt).get("files")
+        if digests is None:
+            print0(f"WARNING {ckpt}/meta.json lists no checksums (saved by an older version): files not verified")
+        else:
+            common.verify_digests(ckpt, digests)
+        state = common.torch_load(os.path.join(ckpt, "optimizers.pt"), "optimizer states")
+        if not isinstance(state, dict) or set(state) != set(models):
+            raise common.RunError(f"{ckpt}/optimizers.pt: expected the states of {sorted(models)}; the checkpoint is corrupt")
     o = StateDictOptions(full_state_dict=True, broadcast_from_rank0=dist.is_initialized())
     for name in models:
-        set_optimizer_state_dict(models[name], optims[name], state[name] if master else {}, options=o)
-    torch.set_rng_state(torch.load(os.path.join(ckpt, "rng.pt")))
+        try:
+            set_optimizer_state_dict(models[name], optims[name], state[name] if master else {}, options=o)
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            raise common.RunError(f"{ckpt}/optimizers.pt: the {name} state does not fit the model "
+                                  f"({common.first_line(e)}); the checkpoint is corrupt") from None
+        bad = common.nonfinite_names(common.optimizer_tensors(optims[name]))
+        if bad:
+            raise common.RunError(f"{ckpt}/optimizers.pt: NaN or inf in the {name} state ({', '.join(bad[:3])})")
+    rng = common.torch_load(os.path.join(ckpt, "rng.pt"), "RNG state")
+    try:
+        torch.set_rng_state(rng)
+    except (TypeError, RuntimeError) as e:
+        raise common.RunError(f"{ckpt}/rng.pt: not an RNG state ({common.first_line(e)}); the checkpoint is corrupt") from None
 
 
 # -----------------------------------------------------------------------------
 # main: setup, models, the training loop
 
+# Flags --resume may change: how long, how often to evaluate / save / print, where and how to run.
+# Any other flag given with a value unlike the saved one would change what the run is (e.g. a new
+# --policy swaps the KL reference mid-run) and is refused.
+RESUME_SAFE = {"steps", "eval_every", "save_every", "sample_every", "eval_limit", "eval_dataset", "wandb",
+               "grade_workers", "device", "micro_batch_size", "grad_ckpt", "fsdp", "out_dir", "resume", "overwrite"}
+META_KEYS = {"config", "step", "data_position", "metrics", "files"}
+
+
+def read_meta(ckpt):
+    """ckpt/meta.json as a dict with a config dict and an int step; one RunError if it is not."""
+    path = os.path.join(ckpt, "meta.json")
+    try:
+        with open(path, "rb") as f:
+            meta = json.loads(f.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise common.RunError(f"{path}: not valid JSON ({getattr(e, 'msg', None) or common.first_line(e)}); the "
+                              "checkpoint is corrupt: restore it, or start again with --overwrite") from None
+    if not (isinstance(meta, dict) and isinstance(meta.get("config"), dict) and type(meta.get("step")) is int
+            and meta["step"] >= 0):
+        raise common.RunError(f"{path}: expected an object with a config object and an integer step; the "
+                              "checkpoint is corrupt: restore it, or start again with --overwrite")
+    return meta
+
+
 def resumed_config(cfg, given):
-    """--resume: the checkpoint's config overridden by the flags given now, and its step."""
+    """--resume: the checkpoint's config and its step. Flags given now must equal the saved values
+    unless they are in RESUME_SAFE; saved keys this version does not know are ignored with a warning."""
     ckpt = os.path.join(cfg.out_dir, "ckpt")
-    if not os.path.exists(ckpt) and os.path.exists(ckpt + ".old"):  # killed mid-swap
-        os.replace(ckpt + ".old", ckpt)
+    if common.is_master():
+        common.recover_swap(ckpt)  # killed mid-swap: ckpt.old back to ckpt; leftovers deleted
+    elif not os.path.exists(ckpt):  # rank 0 may not have repaired it yet
+        ckpt += ".old"
     if not os.path.exists(os.path.join(ckpt, "meta.json")):
-        raise common.RunError(f"--resume: no checkpoint at {ckpt} (run without --resume first)")
-    with open(os.path.join(ckpt, "meta.json")) as f:
-        meta = json.load(f)
+        raise common.RunError(f"--resume: no checkpoint at {ckpt} (run without --resume"
+                              f"{', with --overwrite,' if os.path.exists(cfg.out_dir) else ''} to start again)")
+    meta = read_meta(ckpt)
     saved = dict(meta["config"])
     if "prm_step_tag" in saved:  # a checkpoint written before --prm-step-tag became --step-tag
         saved["step_tag"] = saved.pop("prm_step_tag")
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    unknown = sorted(set(saved) - set(fields)) + [f"meta.{k}" for k in sorted(set(meta) - META_KEYS)]
+    if unknown:
+        print0(f"WARNING {ckpt}/meta.json: ignoring keys this version does not know (a newer version saved it?): "
+               f"{', '.join(unknown)}")
+    saved = {k: saved[k] if k in saved else common._default(f) for k, f in fields.items()}
+    conflicts = [f"--{k.replace('_', '-')} {getattr(cfg, k)!r} (saved: {saved[k]!r})"
+                 for k in sorted(given - RESUME_SAFE) if getattr(cfg, k) != saved[k]]
+    if conflicts:
+        raise common.RunError(f"--resume: these flags would change the saved run: {', '.join(conflicts)}; drop "
+                              "them, or start a new run in another --out-dir (safe to change: "
+                              f"{', '.join('--' + k.replace('_', '-') for k in sorted(RESUME_SAFE - {'resume', 'overwrite', 'out_dir'}))})")
     return Config(**{**saved, **{k: getattr(cfg, k) for k in given}, "resume": True}), meta["step"]
 
 
 def setup(cfg, given):
     """The (resumed) config, the runtime and the per-rank sizes, checked for exact division and
-    printed. Returns (cfg, rt, start step)."""
+    printed. Returns (cfg, rt, start step). Rank 0 first takes out_dir (common.claim_out_dir: a lock
+    held for the run; a fresh run refuses a previous run's out_dir unless --overwrite)."""
+    if common.is_master():
+        common.claim_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite)
     cfg, start = resumed_config(cfg, given) if cfg.resume else (cfg, 0)
     if cfg.reward not in REWARD_MODES:  # argparse checks the flag; this catches an edited meta.json
         raise common.RunError(f"--reward {cfg.reward!r}: expected one of {', '.join(REWARD_MODES)}")
     if cfg.fsdp and "RANK" not in os.environ:
         raise common.RunError("--fsdp needs torchrun (e.g. torchrun --nproc_per_node=2 ppo.py --fsdp)")
     base = common.setup_runtime(cfg.device, cfg.seed, amp=not cfg.fsdp)  # FSDP casts to bf16 itself
+    common.barrier()  # rank 0 has repaired or cleared out_dir before any rank reads it
     world, n_rows = base.world_size, cfg.prompts_per_step * cfg.samples_per_prompt
     B = n_rows // world
     if cfg.prompts_per_step % (world * cfg.minibatches) or (B // cfg.minibatches) % (cfg.micro_batch_size or 1):
@@ -685,14 +879,37 @@ def setup(cfg, given):
     return cfg, rt, start
 
 
+def check_config(cfg):
+    """Flags that cannot work -> one-line RunError, right after parsing (before any model or file)."""
+    for name in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "ppo_epochs", "minibatches"):
+        common.require(getattr(cfg, name) >= 1, f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be >= 1")
+    for name in ("steps", "micro_batch_size", "eval_limit", "eval_every", "save_every", "sample_every",
+                 "grade_workers", "lr", "critic_lr", "beta", "max_grad_norm"):
+        common.require(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be >= 0")
+    common.require(0 < cfg.temperature < float("inf"), f"--temperature {cfg.temperature}: must be > 0 (PPO trains "
+                   "on samples of the policy at this temperature; greedy decoding has no log-probs to learn from)")
+    common.require(0 <= cfg.gamma <= 1 and 0 <= cfg.lam <= 1, f"--gamma {cfg.gamma} / --lam {cfg.lam}: must be in [0, 1]")
+    common.require(cfg.cliprange > 0 and cfg.cliprange_value > 0,
+                   f"--cliprange {cfg.cliprange} / --cliprange-value {cfg.cliprange_value}: must be > 0")
+    common.require(not os.path.exists(cfg.out_dir) or os.path.isdir(cfg.out_dir),
+                   f"--out-dir {cfg.out_dir!r} is a file, not a directory")
+    if cfg.wandb:
+        import importlib.util
+        common.require(importlib.util.find_spec("wandb") is not None,
+                       "--wandb needs the wandb package (pip install wandb), or leave --wandb empty")
+
+
 def load_data(cfg):
-    """Training problems and the greedy-eval problems (none when eval_limit is 0)."""
+    """Training problems and the greedy-eval problems (none when eval_limit is 0), every row checked
+    (common.load_problems): a bad gold is found here, with its file:line, not at the step that
+    draws it."""
     try:
-        problems = common.load_problems(cfg.dataset, "train")
-        eval_problems = common.load_problems(cfg.eval_dataset or cfg.dataset, "test",
-                                             limit=cfg.eval_limit) if cfg.eval_limit else []
-    except (FileNotFoundError, ValueError) as e:
+        problems = common.load_problems(cfg.dataset, "train", skip_bad=cfg.skip_bad)
+        eval_problems = common.load_problems(cfg.eval_dataset or cfg.dataset, "test", limit=cfg.eval_limit,
+                                             skip_bad=cfg.skip_bad) if cfg.eval_limit else []
+    except (OSError, ValueError) as e:
         raise common.RunError(str(e)) from None
+    common.require(problems, f"no training problems in {cfg.dataset!r} (train split)")
     print0(f"data: {len(problems)} train / {len(eval_problems)} eval problems; reward {cfg.reward}")
     return problems, eval_problems
 
@@ -749,12 +966,13 @@ def load_models(cfg, rt):
     tok.padding_side = "left"
     if tok.pad_token_id is None:  # NOTE: masks never come from ids == pad, so pad = EOS is safe
         tok.pad_token = tok.eos_token
-    policy = common.no_dropout(common.load_model(init, "policy", hint, dtype=torch.float32))
+    load = common.load_checkpoint_model if cfg.resume else common.load_model  # resume: keys, shapes, finite
+    policy = common.no_dropout(load(init, "policy", hint, dtype=torch.float32))
     eos_ids = common.model_eos_ids(policy, tok)
     print0(f"policy {cfg.policy}: {sum(p.numel() for p in policy.parameters()) / 1e6:.1f}M parameters")
     policy = place(policy, True)
     ref = place(common.load_model(cfg.policy, "policy", hint, dtype=rt.dtype).eval().requires_grad_(False), False)
-    critic = common.no_dropout(common.load_model(
+    critic = common.no_dropout(load(
         os.path.join(ckpt, "critic") if cfg.resume else cfg.critic or cfg.policy, "critic",
         "pass --critic DIR saved by ppo.py or leave it empty", cls=AutoModelForTokenClassification,
         num_labels=1, dtype=torch.float32))
@@ -803,12 +1021,12 @@ def train(cfg, rt, start, problems, eval_problems, m, optims, logger):
         # 2. rewards: success + learned term (score rewards), then the KL penalty on every token
         sc = score(m.rm, m.tok, batch, ro, cfg, step)
         token_rewards, kl = kl_rewards(sc.token, ro.old_logp, ro.ref_logp, ro.mask, cfg.beta)  # (B, T)
-        check_finite("rewards", token_rewards, step)
-        check_finite("values", ro.values, step)
+        check_finite("rewards", token_rewards, step, cfg.out_dir)
+        check_finite("values", ro.values, step, cfg.out_dir)
 
         # 3. advantages: GAE, then whitening over the global batch
         adv, returns = compute_advantages(token_rewards, ro.values, ro.mask, cfg.gamma, cfg.lam)  # (B, T)
-        check_finite("advantages", adv, step)
+        check_finite("advantages", adv, step, cfg.out_dir)
 
         # 4. PPO update
         t0 = time.time()
@@ -831,30 +1049,41 @@ def train(cfg, rt, start, problems, eval_problems, m, optims, logger):
             print_samples(batch, sc, m.rm)
         if step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
             save_checkpoint(cfg.out_dir, m.trained(), optims, m.tok, cfg, step, row, rt.master)
-    print0(f"done: {cfg.steps} steps; checkpoint in {os.path.join(cfg.out_dir, 'ckpt')}")
+    ckpt = os.path.join(cfg.out_dir, "ckpt")
+    print0(f"done: {cfg.steps} steps; " + (f"checkpoint in {ckpt}" if os.path.isdir(ckpt) else
+                                           "no checkpoint written (no training step was run)"))
 
 
 def main(argv=None):
     cfg, given = common.parse_config(Config, argv, with_given=True)
+    check_config(cfg)
     import transformers
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=".*returned a view tensor.*")  # FSDP2 + HF outputs: harmless
-    cfg, rt, start = setup(cfg, given)
-    problems, eval_problems = load_data(cfg)
-    m = load_models(cfg, rt)
-    optims = {"policy": torch.optim.AdamW(m.policy.parameters(), lr=cfg.lr, weight_decay=0.0),
-              "critic": torch.optim.AdamW(m.critic.parameters(), lr=cfg.critic_lr, weight_decay=0.0)}
-    if cfg.resume:
-        load_optimizers(os.path.join(cfg.out_dir, "ckpt"), m.trained(), optims, rt.master)
-        print0(f"resumed from {os.path.join(cfg.out_dir, 'ckpt')} at step {start}")
-    # metrics.jsonl, trimmed to the checkpoint's step on resume (rows after it are redone)
-    logger = common.MetricsLogger(cfg.out_dir, resume_step=start if cfg.resume else None,
-                                  wandb_project=cfg.wandb or None, config=cfg, master=rt.master)
     try:
-        train(cfg, rt, start, problems, eval_problems, m, optims, logger)
+        cfg, rt, start = setup(cfg, given)
+        problems, eval_problems = load_data(cfg)
+        m = load_models(cfg, rt)
+        # prompts longer than the policy's positions: an error naming the row (or skipped, --skip-bad)
+        problems, eval_problems = (common.check_prompt_lengths(m.tok, ps, common.max_prompt_tokens(m.ref), where,
+                                                               cfg.skip_bad, cfg.prompt)
+                                   for ps, where in ((problems, "train"), (eval_problems, "eval")))
+        common.require(problems, "no training problem left after --skip-bad")
+        optims = {"policy": torch.optim.AdamW(m.policy.parameters(), lr=cfg.lr, weight_decay=0.0),
+                  "critic": torch.optim.AdamW(m.critic.parameters(), lr=cfg.critic_lr, weight_decay=0.0)}
+        if cfg.resume:
+            load_optimizers(os.path.join(cfg.out_dir, "ckpt"), m.trained(), optims, rt.master)
+            print0(f"resumed from {os.path.join(cfg.out_dir, 'ckpt')} at step {start}")
+        # metrics.jsonl, trimmed to the checkpoint's step on resume (rows after it are redone)
+        logger = common.MetricsLogger(cfg.out_dir, resume_step=start if cfg.resume else None,
+                                      wandb_project=cfg.wandb or None, config=cfg, master=rt.master)
+        try:
+            train(cfg, rt, start, problems, eval_problems, m, optims, logger)
+        finally:
+            logger.close()
     finally:
-        logger.close()
+        common.unlock_out_dir(cfg.out_dir)  # (the process's end releases it too, a SIGKILL included)
 
 
 if __name__ == "__main__":

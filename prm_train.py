@@ -40,7 +40,8 @@ Algorithm
   2. Train (PRM or ORM, BCE at the tags):
      a. read the labeled records (--data, or stage 1's file) and hold out `eval_frac` of the
         questions (by a hash of the question text, so no question is in both sides);
-     b. load --init (grown by --extra-layers), add the tag token when missing, and build the inputs
+     b. load --init (grown by --extra-layers), add the tag as a special token when it cannot be read
+        as text (its row starts at the mean row; the embedding never shrinks), and build the inputs
         with rewards.rm_input_text: PRM a tag after every step, ORM one tag at the end;
      c. binary cross-entropy with logits on m = logit(pos) - logit(neg) at every tag (hard or soft
         targets), summed over the tags of the optimizer batch / their count. AdamW, linear warmup
@@ -117,7 +118,8 @@ class Config:
     init: str = field("models/arith-policy", "causal LM the reward model starts from (checkpoint dir or hub id)")
     objective: str = field("process", "process: PRM, a tag after every step; outcome: ORM, one tag at the end",
                            choices=("process", "outcome"))
-    step_tag: str = field("<step>", "tag token; added as a special token when the tokenizer lacks it")
+    step_tag: str = field("<step>", "step tag; added as a special token when it cannot be read as text in "
+                          "--input-format (rewards.tag_read_id)")
     pos_token: str = field("+", "label token read as 'good' at the tag")
     neg_token: str = field("-", "label token read as 'bad' at the tag")
     input_format: str = field("chat", "reward-model input text (see rewards.rm_input_text)",
@@ -134,7 +136,11 @@ class Config:
     policy: str = field("", "sampler for the labels (default: --init)")
     dataset: str = field("arith", "problems to label: arith | gsm8k | math | math500 | path.jsonl")
     split: str = field("train", "split of --dataset")
+    prompt: str = field("auto", "prompt format (common.build_prompt): auto | chat | cot | plain; "
+                        "also the PRM input's prompt (saved in meta.json)", choices=common.PROMPTS)
     num_problems: int = field(1024, "problems to label (the first N of the split)")
+    skip_bad: bool = field(False, "skip and count bad rows of --dataset (no question or gold, an ungradable gold, "
+                           "an overlong question or prompt) instead of stopping at the first with its file:line")
     samples_per_problem: int = field(4, "solutions sampled per problem (M)")
     completions: int = field(8, "Monte-Carlo completions per step prefix (N)")
     include_self: bool = field(True, "count the sampled solution as one rollout of each of its prefixes")
@@ -164,8 +170,30 @@ class Config:
     out_dir: str = field("out/prm", "checkpoint, meta.json, metrics.jsonl (and labels.jsonl by default)")
 
 
+def policy_positions(path):
+    """max_position_embeddings of the model at `path` (its config only), None if unknown."""
+    from transformers import AutoConfig
+
+    try:
+        return getattr(AutoConfig.from_pretrained(common.model_source(path, "--policy", MODEL_HINT)),
+                       "max_position_embeddings", None)
+    except (OSError, ValueError):
+        return None
+
+
 def check_config(cfg):
-    """Settings that cannot work together -> one-line RunError."""
+    """Settings that cannot work together, or sizes that cannot work -> one-line RunError."""
+    for name in ("num_problems", "samples_per_problem", "max_new_tokens", "gen_batch", "label_chunk",
+                 "batch_size", "micro_batch_size", "max_len", "eval_batch_size"):
+        common.require(getattr(cfg, name) >= 1, f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be >= 1")
+    for name in ("completions", "extra_layers", "max_steps", "warmup_steps", "weight_decay", "grad_clip"):
+        common.require(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be >= 0")
+    common.require(0 < cfg.temperature < float("inf"), f"--temperature {cfg.temperature}: must be > 0 "
+                   "(Monte-Carlo labels need sampled completions)")
+    common.require(0 < cfg.top_p <= 1, f"--top-p {cfg.top_p}: must be in (0, 1]")
+    common.require(0 <= cfg.eval_frac < 1, f"--eval-frac {cfg.eval_frac}: must be in [0, 1)")
+    common.require(cfg.epochs > 0 or cfg.max_steps > 0, "need --epochs > 0 or --max-steps > 0")
+    common.require(cfg.lr > 0 and cfg.min_lr >= 0, f"--lr {cfg.lr} / --min-lr {cfg.min_lr}: need lr > 0 and min-lr >= 0")
     if not cfg.mc_correct and not cfg.include_self:
         raise RunError("--no-mc-correct needs --include-self (it is what makes those labels exactly 1)")
     if cfg.train_only_extra and not cfg.extra_layers:
@@ -238,12 +266,13 @@ def read_records(path):
     if not os.path.isfile(path):
         raise RunError(f"step-labeled data {path!r} not found (a JSONL file; {convert})")
     try:
-        rows = common.read_jsonl(path)
-    except ValueError as e:
+        lines = common.read_jsonl(path, with_lines=True)
+    except (OSError, ValueError) as e:
         raise RunError(f"{e}: step-labeled data must be JSONL ({convert})") from None
-    if not rows:
+    if not lines:
         raise RunError(f"{path}: no records")
-    for n, r in enumerate(rows, 1):
+    rows = [r for _, r in lines]
+    for n, r in lines:  # n: the line number
         if isinstance(r.get("label"), dict) and "steps" in r["label"]:
             raise RunError(f"{path}: raw PRM800K rows; convert them: python data/prm800k/prepare.py --source {path}")
         if isinstance(r.get("input"), str) and isinstance(r.get("label"), str):
@@ -251,32 +280,79 @@ def read_records(path):
                            f"python data/math_shepherd/prepare.py --source {path}")
         if not (isinstance(r.get("question"), str) and isinstance(r.get("steps"), list)
                 and isinstance(r.get("labels"), list)):
-            raise RunError(f"{path}: record {n} is not step-labeled (keys {sorted(r)}; expected question, "
+            raise RunError(f"{path}:{n}: not a step-labeled record (keys {sorted(r)}; expected question, "
                            "steps, labels, correct)")
+        number = (int, float)
+        if (not all(isinstance(x, str) for x in r["steps"])
+                or not all(isinstance(y, number) for y in r["labels"])
+                or not (r.get("correct") is None or isinstance(r["correct"], number))):
+            raise RunError(f"{path}:{n}: steps must be strings, labels numbers and correct a boolean, a number "
+                           "or null")
+    common.warn_math_test_leak(path, rows)
     return rows
 
 
 def read_labels_resumable(path):
-    """Records of a labeled JSONL being written; a torn last line (crash mid-write) is cut off."""
+    """Records of a labeled JSONL being written (stage 1 resumes from it), read line by line.
+
+    LF or CRLF line ends. A corrupt line anywhere (not UTF-8, not JSON, not a record with an "id")
+    is skipped and counted, with one warning naming file:line; the records after it are kept. Only
+    the LAST line, when it has no newline, can be a partial write (a crash mid-append): unparsable,
+    it is truncated away (its problem is labelled again); parsable, it is kept and the missing
+    newline is added, so the next append starts on a clean line.
+    """
     if not os.path.exists(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    rows, good = [], 0
-    for line in lines:
-        if not line.strip():
-            good += len(line) + 1
-            continue
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline, else the unterminated last line
+    rows, bad = [], []
+
+    def parse(raw):
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        good += len(line) + 1
-    with open(path, "rb+") as f:  # NOTE: drop the torn tail so appends start on a clean line
-        size = f.seek(0, 2)
-        if good < size:
-            f.truncate(good)
+            row = json.loads(raw.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+            return None
+        return row if isinstance(row, dict) and "id" in row else None
+
+    for lineno, raw in enumerate(lines, 1):
+        if raw.strip():
+            row = parse(raw)
+            (bad.append(lineno) if row is None else rows.append(row))
+    if tail.strip():
+        row = parse(tail)
+        with open(path, "rb+") as f:
+            if row is None:  # torn by a crash mid-write: cut it off
+                f.truncate(len(data) - len(tail))
+                print0(f"{path}:{len(lines) + 1}: torn last line (a partial write) removed; its problem is labelled again")
+            else:
+                rows.append(row)
+                f.seek(0, 2)
+                f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+    if bad:
+        shown = ", ".join(f"{path}:{n}" for n in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        print0(f"WARNING: skipped {len(bad)} corrupt line(s) of labeled records ({shown}); their problems "
+               "are labelled again")
     return rows
+
+
+def drop_partial_problems(path, rows, samples_per_problem):
+    """The ids of the problems with all their samples in `rows`; the records of the other problems
+    (a chunk cut by a crash, a corrupt line) are removed from the file (atomically), so that
+    relabelling them adds no duplicate."""
+    samples = {}
+    for r in rows:
+        samples.setdefault(r["id"], set()).add(r.get("sample"))
+    done = {i for i, s in samples.items() if len(s) >= samples_per_problem}
+    if len(done) < len(samples):
+        kept = [r for r in rows if r["id"] in done]
+        common.atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept).encode("utf-8"))
+        print0(f"{path}: {len(samples) - len(done)} problem(s) with only part of their samples; their "
+               f"{len(rows) - len(kept)} record(s) removed, to be labelled again")
+    return done
 
 
 # -----------------------------------------------------------------------------
@@ -299,7 +375,8 @@ def sample_n(model, tokenizer, texts, n, budgets, temperature, top_p):
 
 
 def label_problems(model, tokenizer, problems, samples_per_problem, completions, temperature, top_p,
-                   max_new_tokens, gen_batch, step_sep, include_self, bar=None, mc_correct=True):
+                   max_new_tokens, gen_batch, step_sep, include_self, bar=None, mc_correct=True,
+                   prompt="auto"):
     """Steps 1a-1d for a list of problems -> (records, stats). Everything is batched generate;
     correctness is rewards.success_rewards (a rollout without EOS is wrong, METHOD §4).
 
@@ -319,7 +396,7 @@ def label_problems(model, tokenizer, problems, samples_per_problem, completions,
         return res
 
     # 1a. M solutions per problem
-    prompts = [common.build_prompt(tokenizer, p["question"]) for p in problems]
+    prompts = [common.build_prompt(tokenizer, p["question"], prompt) for p in problems]
     per_call = max(1, gen_batch // samples_per_problem)
     sols = []  # (problem index, text, finished)
     for s in range(0, len(prompts), per_call):
@@ -422,7 +499,7 @@ def build_examples(tokenizer, records, kind, tag_id, soft, cfg):
         else:
             targets = [float(r["correct"])]
         text, spans = rewards.rm_input_text(tokenizer, r["question"], r["steps"], cfg.step_tag, kind,
-                                            cfg.input_format, cfg.step_sep)
+                                            cfg.input_format, cfg.step_sep, cfg.prompt)
         ids, pos = rewards.encode_rm_input(tokenizer, text, spans, tag_id, add_special)
         if len(ids) > cfg.max_len:
             dropped += 1
@@ -497,7 +574,7 @@ def evaluate_rm(rm, records, batch_size=64):
 # the stages 1-3 and main (plumbing: files, loops, devices; the algorithm is in the helpers above)
 
 LABEL_KEYS = ("policy", "init", "dataset", "split", "samples_per_problem", "completions", "include_self",
-              "mc_correct", "temperature", "top_p", "max_new_tokens", "step_sep", "seed", "label_chunk")
+              "mc_correct", "temperature", "top_p", "max_new_tokens", "step_sep", "seed", "label_chunk", "prompt")
 MODEL_HINT = "pass a checkpoint directory (e.g. models/arith-policy, made by python sft.py) or a hub id"
 
 
@@ -521,11 +598,16 @@ def label(cfg, rt, logger, labels_path):
     mine = labels_path if rt.world_size == 1 else f"{labels_path}.rank{rt.rank}"
     os.makedirs(os.path.dirname(os.path.abspath(mine)), exist_ok=True)
     check_label_settings(mine, {k: getattr(cfg, k) for k in LABEL_KEYS})
-    done = {r["id"] for r in read_labels_resumable(mine)}
+    done = drop_partial_problems(mine, read_labels_resumable(mine), cfg.samples_per_problem)
     try:
-        problems = common.load_problems(cfg.dataset, cfg.split, limit=cfg.num_problems)
+        problems = common.load_problems(cfg.dataset, cfg.split, limit=cfg.num_problems, skip_bad=cfg.skip_bad)
     except (OSError, ValueError) as e:
         raise RunError(f"--dataset {cfg.dataset!r}: {e}") from None
+    if not problems:
+        raise RunError(f"--dataset {cfg.dataset!r} (split {cfg.split}): no problems to label")
+    problems = common.check_prompt_lengths(common.load_tokenizer(cfg.policy or cfg.init, "--policy", MODEL_HINT),
+                                           problems, policy_positions(cfg.policy or cfg.init),
+                                           f"--dataset {cfg.dataset!r}", cfg.skip_bad, cfg.prompt)
     for i, p in enumerate(problems):
         p["_id"] = i
     chunks = [problems[s: s + cfg.label_chunk] for s in range(0, len(problems), cfg.label_chunk)]
@@ -547,7 +629,7 @@ def label(cfg, rt, logger, labels_path):
         with rt.amp:  # 1a-1d
             recs, st = label_problems(policy, ptok, ch, cfg.samples_per_problem, cfg.completions,
                                       cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.gen_batch,
-                                      cfg.step_sep, cfg.include_self, bar, cfg.mc_correct)
+                                      cfg.step_sep, cfg.include_self, bar, cfg.mc_correct, cfg.prompt)
         with open(mine, "a", encoding="utf-8") as f:  # 1e. the chunk is the unit of resume
             f.write("".join(json.dumps(r) + "\n" for r in recs))
             f.flush()
@@ -586,15 +668,18 @@ def build_model(cfg, device):
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # saved with the checkpoint (scorers pad by hand, right)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    eos = sorted(common.model_eos_ids(model, tokenizer))  # NOTE: every EOS id (Qwen: <|im_end|>, <|endoftext|>)
+    model.generation_config.eos_token_id = eos[0] if len(eos) == 1 else eos
     model.to(device)
-    if rewards._single_token_id(tokenizer, cfg.step_tag) is None:
-        tokenizer.add_special_tokens({"additional_special_tokens": [cfg.step_tag]})
-        model.resize_token_embeddings(len(tokenizer))
-        print0(f"added step tag {cfg.step_tag!r} to the tokenizer as a special token (id {len(tokenizer) - 1})")
+    where = dict(input_format=cfg.input_format, step_sep=cfg.step_sep, prompt=cfg.prompt)
+    added = None
+    try:
+        rewards.tag_read_id(tokenizer, cfg.step_tag, **where)
+    except ValueError:  # not locatable as ordinary text in this input format: make it one special token
+        added = add_tag_token(model, tokenizer, cfg.step_tag)
     try:
         ids = rewards.resolve_rm_tokens(tokenizer, cfg.step_tag, cfg.pos_token, cfg.neg_token,
-                                        where=f"the tokenizer of {cfg.init!r}")
+                                        where=f"the tokenizer of {cfg.init!r}", **where)
     except ValueError as e:
         raise RunError(str(e)) from None
     if cfg.extra_layers:
@@ -606,7 +691,37 @@ def build_model(cfg, device):
             model.requires_grad_(False)
             model.base_model.layers[n_init:].requires_grad_(True)
             model.base_model.norm.requires_grad_(True)
+            if added is not None:  # NOTE: the new tag's row must learn too, the other rows stay frozen
+                train_only_row(model.get_input_embeddings().weight, added)
     return model, tokenizer, ids
+
+
+def add_tag_token(model, tokenizer, tag):
+    """Add `tag` as a special token; its input-embedding row starts as the mean of the existing rows.
+    Returns its id. NOTE: the embedding is never shrunk: Qwen2.5 pads its 151,665 tokens to 151,936
+    rows, and resize_token_embeddings(len(tokenizer)) would drop rows (and reuse an untrained padding
+    row for the tag). It grows only when the tokenizer outgrows it."""
+    n_old = len(tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": [tag]})
+    tag_id = tokenizer.convert_tokens_to_ids(tag)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    with torch.no_grad():
+        for emb in {id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings())}.values():
+            emb.weight[tag_id] = emb.weight[:n_old].mean(0)  # a padding row may hold anything
+    print0(f"added step tag {tag!r} to the tokenizer as a special token (id {tag_id}; embedding rows "
+           f"{model.get_input_embeddings().weight.shape[0]}, its row initialised to the mean row)")
+    return tag_id
+
+
+def train_only_row(weight, row):
+    """Keep `weight` trainable but let only `row` of it change: the other rows' gradients are zeroed
+    (AdamW then leaves them exactly as they are; the weight is kept out of weight decay in train)."""
+    weight.requires_grad_(True)
+    weight._only_row = row
+    mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+    mask[row] = 1.0
+    weight.register_hook(lambda g: g * mask)
 
 
 def train(cfg, rt, logger, model, pad_id, examples, label_ids, kind):
@@ -618,8 +733,8 @@ def train(cfg, rt, logger, model, pad_id, examples, label_ids, kind):
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(examples) / cfg.batch_size))
     print0(f"train: {max_steps} steps of {cfg.batch_size} sequences; per rank {accum} micro-batches of "
            f"{cfg.micro_batch_size}")
-    decay = [p for p in model.parameters() if p.dim() >= 2 and p.requires_grad]
-    no_decay = [p for p in model.parameters() if p.dim() < 2 and p.requires_grad]
+    decay = [p for p in model.parameters() if p.dim() >= 2 and p.requires_grad and not hasattr(p, "_only_row")]
+    no_decay = [p for p in model.parameters() if (p.dim() < 2 or hasattr(p, "_only_row")) and p.requires_grad]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     ddp = dist.is_initialized()
@@ -731,7 +846,7 @@ def main(argv=None):
 
     # 3. save and evaluate
     rm_meta = {"kind": kind, "step_tag": cfg.step_tag, "pos_token": cfg.pos_token, "neg_token": cfg.neg_token,
-               "input_format": cfg.input_format, "step_sep": cfg.step_sep}
+               "input_format": cfg.input_format, "step_sep": cfg.step_sep, "prompt": cfg.prompt}
     meta = {"config": dataclasses.asdict(cfg), "reward_model": rm_meta, "step": max_steps, "metrics": last,
             "n_params": n_params, "train_wall_s": train_s, "command": "python " + " ".join(sys.argv)}
     if rt.master:

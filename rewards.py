@@ -53,23 +53,31 @@ def success_reward(response, gold, truncated=False):
     return success_rewards([response], [gold], [not truncated])[0]
 
 
-def success_rewards(responses, golds, finished, workers=1):
+def success_rewards(responses, golds, finished, workers=1, statuses=None):
     """Correct(q, s) per response (METHOD §4), as floats in {0.0, 1.0}: 1.0 iff the response
     finished (ended with EOS) and its final answer equals the gold.
 
     NOTE: this is the one place the truncation rule lives: a response cut at the token budget is
     never graded (its reward is 0 whatever it says). Every stage's accuracy comes from here.
     workers: grading processes (grade_batch's `processes`; 0 or 1 grades in this process).
-    A gold that cannot be parsed raises ValueError, as in is_correct.
+    statuses: a list to extend with the grader's status of each response ("ok", "timeout",
+    "error"; "ok" for a truncated one, which is not graded), so callers can count grader timeouts
+    and errors. A gold that cannot be parsed raises ValueError, as in is_correct.
     """
     responses, golds, finished = list(responses), list(golds), [bool(f) for f in finished]
     if not len(responses) == len(golds) == len(finished):
         raise ValueError(f"{len(responses)} responses, {len(golds)} golds, {len(finished)} finished flags")
     todo = [i for i, f in enumerate(finished) if f]
-    ok = grade_batch([responses[i] for i in todo], [golds[i] for i in todo], processes=workers)
-    out = [0.0] * len(responses)
+    graded = []
+    kw = {} if statuses is None else {"statuses": graded}
+    ok = grade_batch([responses[i] for i in todo], [golds[i] for i in todo], processes=workers, **kw)
+    out, status = [0.0] * len(responses), ["ok"] * len(responses)
     for i, o in zip(todo, ok):
         out[i] = 1.0 if o else 0.0
+    for i, st in zip(todo, graded):
+        status[i] = st
+    if statuses is not None:
+        statuses.extend(status)
     return out
 
 
@@ -385,8 +393,10 @@ def step_scores_to_tensors(tokenizer, response_ids, step_scores, sep=DEFAULT_STE
 #   "qwen-prm" (Qwen2.5-Math-PRM, separator "<extra_0>" + a 2-class head, no remote code needed):
 #       chat template of [system, user: question, assistant: step_1<extra_0>step_2<extra_0>...].
 #
-# score = P(pos) / (P(pos) + P(neg)) = sigmoid(logit[pos] - logit[neg]) from the logits AT the tag
-# position (they predict the token after the tag), or softmax(head)[1] for a 2-class head.
+# score = P(pos) / (P(pos) + P(neg)) = sigmoid(logit[pos] - logit[neg]) from the logits AT the tag's
+# last token (they predict the token after the tag), or softmax(head)[1] for a 2-class head. A tag may be
+# several tokens in context (Qwen2's byte-level BPE: " ки" -> " к" + "и"): tag_read_id finds the token
+# read, checked on probe inputs when the reward model loads.
 # One forward per response scores all K steps; only the two label rows of the LM head are applied,
 # at the tag positions only (no (B, T, V) logits). Our checkpoints carry their tag, label tokens,
 # input format and step separator in meta.json["reward_model"] (written by prm_train.py).
@@ -401,17 +411,18 @@ _TAG = object()  # placeholder for the step tag while an input text is assembled
 
 
 def rm_input_text(tokenizer, question, steps, step_tag, kind="prm", input_format="chat",
-                  step_sep=DEFAULT_STEP_SEP):
+                  step_sep=DEFAULT_STEP_SEP, prompt="auto"):
     """The reward-model input text for one (question, steps) and the char span of every tag in it.
 
     Returns (text, spans): spans[k] = (start, end) of the k-th tag; K spans for a PRM, one for an ORM
     (after the whole solution). prm_train.py builds its training inputs with this same function.
+    prompt: build_prompt's format for the "chat" input (prm_train.py saves it in meta.json).
     """
     if kind not in ("prm", "orm"):
         raise ValueError(f"kind must be 'prm' or 'orm', got {kind!r}")
     K = len(steps)
     if input_format == "chat":
-        parts = [build_prompt(tokenizer, question)]
+        parts = [build_prompt(tokenizer, question, prompt)]
         for k, step in enumerate(steps):
             parts += [step] + ([_TAG] if kind == "prm" or k == K - 1 else []) + ([step_sep] if k < K - 1 else [])
         if K == 0 and kind == "orm":
@@ -463,49 +474,102 @@ def _single_token_id(tokenizer, token):
     return vocab.get(token)
 
 
-def resolve_rm_tokens(tokenizer, step_tag, pos_token=None, neg_token=None, where="the tokenizer"):
-    """Ids of the step tag and label tokens; a clear error naming every one that is missing."""
-    wanted = [("step tag", step_tag), ("pos token", pos_token), ("neg token", neg_token)]
-    ids, missing = [], []
-    for what, tok in wanted:
-        if tok is None:
-            ids.append(None)
-            continue
-        i = _single_token_id(tokenizer, tok)
-        if i is None:
+# Steps that end in a letter, a digit, punctuation, LaTeX and a non-ASCII letter: the text a tag may
+# follow in each input format. A tag is read the same way after every one of them, or not at all.
+_PROBE_QUESTION = "What is 3 + 4?"
+_PROBE_STEPS = ["We add 3 and 4", "3 + 4 = 7", "So the sum is 7.", "The answer is $\\boxed{7}$",
+                "答案是七", "Step 6: done"]
+
+
+def _tag_token_positions(offsets, spans):
+    """Per tag span (a, b): the index of the LAST token overlapping the tag's last char, and whether
+    that token ends exactly at b (no text after the tag shares it). offsets: (start, end) per token."""
+    last = {}  # char -> the last token overlapping it (byte-level tokens may split a char)
+    for t, (s, e) in enumerate(offsets):
+        for c in range(s, e):
+            last[c] = t
+    out = []
+    for a, b in spans:
+        t = last.get(b - 1, -1)
+        out.append((t, t >= 0 and offsets[t][1] == b))
+    return out
+
+
+def tag_read_id(tokenizer, step_tag, input_format="chat", step_sep=DEFAULT_STEP_SEP, prompt="auto"):
+    """The token id a reward model's score is read at: the LAST token of the step tag as the tag
+    tokenizes in the inputs of `input_format`. ValueError (one line) when the tag cannot be located.
+
+    Math-Shepherd's own recipe reads the logits where input_ids == tokenizer.encode("ки")[-1]. Byte-
+    level BPE may split a tag in context (Qwen2: " ки" -> " к" + "и"); the read is then at the tag's
+    last token ("и"), the token whose logits have seen the whole tag. Checked on probe inputs (see
+    _PROBE_STEPS): in every one the tag must end a token exactly (nothing after the tag merged into
+    its last token) and end on the same id, so the score is read at one token, as in training.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("reward-model scoring needs a fast (Rust) tokenizer for character offsets")
+    text, spans = rm_input_text(tokenizer, _PROBE_QUESTION, _PROBE_STEPS, step_tag, "prm", input_format,
+                                step_sep, prompt)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, found = enc["input_ids"], _tag_token_positions(enc["offset_mapping"], spans)
+    merged = [_PROBE_STEPS[k][-12:] for k, (t, ok) in enumerate(found) if not ok]
+    if merged:
+        raise ValueError(f"step tag {step_tag!r} shares a token with the text after it in the {input_format} "
+                         f"input format (after step text ending {merged[0]!r}); use a tag that is a special "
+                         "token (prm_train.py adds one) or another --step-tag")
+    read = {ids[t] for t, _ in found}
+    if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in read:
+        raise ValueError(f"step tag {step_tag!r} is not in the vocabulary (it tokenizes to the unknown token "
+                         f"{tokenizer.unk_token!r}); pass a --step-tag the reward model was trained with")
+    if len(read) > 1:
+        raise ValueError(f"step tag {step_tag!r} ends on different tokens after different step texts in the "
+                         f"{input_format} input format ({sorted(tokenizer.convert_ids_to_tokens(list(read)))}); "
+                         "use a special-token tag (prm_train.py adds one) or the math-shepherd input format")
+    return read.pop()
+
+
+def resolve_rm_tokens(tokenizer, step_tag, pos_token=None, neg_token=None, where="the tokenizer",
+                      input_format="chat", step_sep=DEFAULT_STEP_SEP, prompt="auto"):
+    """(tag id, pos id, neg id), checked when a reward model loads: the tag id is tag_read_id's (the
+    tag may be several tokens in context); pos and neg must be one token each. One clear ValueError
+    naming every problem."""
+    problems, ids = [], []
+    try:
+        ids.append(tag_read_id(tokenizer, step_tag, input_format, step_sep, prompt))
+    except ValueError as e:
+        problems.append(str(e))
+        ids.append(None)
+    missing = []
+    for what, tok in [("pos token", pos_token), ("neg token", neg_token)]:
+        i = None if tok is None else _single_token_id(tokenizer, tok)
+        if tok is not None and i is None:
             missing.append(f"{what} {tok!r}")
         ids.append(i)
     if missing:
-        raise ValueError(f"{where} has no single token for {', '.join(missing)}: a reward model reads "
-                         "its score at one step-tag token from the logits of one pos and one neg "
-                         "token (pass step_tag=/pos_token=/neg_token= that exist, or train with "
-                         "prm_train.py, which adds a missing tag as a special token)")
+        problems.append(f"{where} has no single token for {', '.join(missing)}: a reward model reads its score "
+                        "from the logits of one pos and one neg token (pass pos_token=/neg_token= that exist)")
+    if problems:
+        raise ValueError("; ".join(problems))
     return ids
 
 
 def encode_rm_input(tokenizer, text, spans, tag_id, add_special_tokens):
-    """Token ids of `text` and the index of the token holding the last char of every tag span.
+    """Token ids of `text` and, per tag span, the index of the tag's LAST token (tag_read_id).
 
     NOTE: the tag is located by character offsets, not by searching ids == tag_id, so a question or
-    step that happens to contain the tag cannot shift the scores; a tag that merges with its
-    neighbours under this tokenizer is an error, never a silent misread.
+    step that happens to contain the tag cannot shift the scores; a tag that merges with the text
+    after it, or ends on another token than tag_id, is an error, never a silent misread.
     """
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("reward-model scoring needs a fast (Rust) tokenizer for character offsets")
     enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    owner = [-1] * (len(text) + 1)  # char -> token holding it
-    for t, (a, b) in enumerate(offsets):
-        for c in range(a, b):
-            if owner[c] == -1:
-                owner[c] = t
+    ids = enc["input_ids"]
     pos = []
-    for a, b in spans:
-        t = owner[b - 1]
-        if t < 0 or ids[t] != tag_id:
+    for (a, b), (t, ends) in zip(spans, _tag_token_positions(enc["offset_mapping"], spans)):
+        if not ends or ids[t] != tag_id:
             got = tokenizer.convert_ids_to_tokens(ids[t]) if t >= 0 else None
-            raise ValueError(f"step tag {text[a:b]!r} does not tokenize to its own token in context "
-                             f"(token there: {got!r}); use a tag that is a special token")
+            raise ValueError(f"step tag {text[a:b]!r} is not read at its own token here (token there: {got!r}, "
+                             f"expected {tokenizer.convert_ids_to_tokens(tag_id)!r}); use a tag that is a "
+                             "special token")
         pos.append(t)
     return ids, pos
 
@@ -554,23 +618,24 @@ class RewardModel:
     """A loaded PRM / ORM. `score(questions, responses)` -> per response, P(pos) at each step tag."""
 
     def __init__(self, model, tokenizer, kind, step_tag, pos_token, neg_token, input_format,
-                 step_sep, device, head=None, batch_size=16):
-        self.model, self.tokenizer, self.head = model, tokenizer, head
+                 step_sep, device, head=None, batch_size=16, prompt="auto"):
+        self.model, self.tokenizer, self.head, self.prompt = model, tokenizer, head, prompt
         self.kind, self.step_tag, self.input_format, self.step_sep = kind, step_tag, input_format, step_sep
         self.pos_token, self.neg_token = pos_token, neg_token
         self.device, self.batch_size = device, batch_size
         where = f"the tokenizer of {getattr(tokenizer, 'name_or_path', '?')!r}"
-        if head is None:
-            self.tag_id, self.pos_id, self.neg_id = resolve_rm_tokens(tokenizer, step_tag, pos_token, neg_token, where)
-        else:
-            self.tag_id, self.pos_id, self.neg_id = resolve_rm_tokens(tokenizer, step_tag, where=where)
+        labels = (pos_token, neg_token) if head is None else (None, None)
+        # NOTE: the tag is checked here, at load, on probe inputs: never first found after a rollout
+        self.tag_id, self.pos_id, self.neg_id = resolve_rm_tokens(tokenizer, step_tag, *labels, where=where,
+                                                                  input_format=input_format, step_sep=step_sep,
+                                                                  prompt=prompt)
         self.add_special_tokens = input_format == "math-shepherd" or not getattr(tokenizer, "chat_template", None)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def encode(self, question, steps):
         """(ids, tag token positions) for one question and its list of steps."""
         text, spans = rm_input_text(self.tokenizer, question, steps, self.step_tag, self.kind,
-                                    self.input_format, self.step_sep)
+                                    self.input_format, self.step_sep, self.prompt)
         return encode_rm_input(self.tokenizer, text, spans, self.tag_id, self.add_special_tokens)
 
     def margins(self, rows):
@@ -664,6 +729,8 @@ def load_reward_model(path, kind="prm", step_tag=None, pos_token="+", neg_token=
     checkpoint, detected from its config, defaults to "<extra_0>"). input_format=None: the saved one,
     else "math-shepherd" when the tag is "ки", "qwen-prm" for a 2-class head, else "chat".
     dtype=None: float32 on CPU, bfloat16 on CUDA with bf16 support. Frozen: eval(), no grads.
+    A tag, label token or input format that cannot work with the tokenizer is a ValueError here,
+    at load (resolve_rm_tokens), never at the first scoring.
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
@@ -700,4 +767,4 @@ def load_reward_model(path, kind="prm", step_tag=None, pos_token="+", neg_token=
         model, head = AutoModelForCausalLM.from_pretrained(path, dtype=dtype), None
     model.to(device).eval().requires_grad_(False)
     return RewardModel(model, tokenizer, kind, step_tag, pos_token, neg_token, input_format, step_sep,
-                       device, head=head, batch_size=batch_size)
+                       device, head=head, batch_size=batch_size, prompt=meta.get("prompt", "auto"))

@@ -21,7 +21,9 @@ Algorithm (the numbers match comments in the code)
      of the eval split (common.generate, rewards.success_rewards: a response cut at max_new_tokens
      without EOS counts as wrong, METHOD §4). Print one decoded sample.
   5. Save the model + tokenizer with save_pretrained (generation_config carries pad/eos), and
-     meta.json (resolved config, step, last metrics). metrics.jsonl has one line per logged step.
+     meta.json (resolved config, step, last metrics), BEFORE the final eval of step 4: an eval that
+     fails cannot lose the run; meta.json then gets the eval's figures. metrics.jsonl has one line
+     per logged step. Every row is checked at load (common.load_problems: file:line, --skip-bad).
   `--eval-only` runs 1 and skips 2-5: it reports greedy accuracy and sampling accuracy at
   temperature 1 (mean over `--eval-samples` samples per problem) of `--init` on the eval split
   (eval/greedy_accuracy, eval/sampling_accuracy), and saves nothing but metrics.jsonl.
@@ -86,7 +88,11 @@ class Config:
     dataset: str = field("arith", f"one of {', '.join(common.DATASETS)}, or a .jsonl path (rows need a solution)")
     train_split: str = field("train", "split to train on (data/<name>/<split>.jsonl)")
     eval_split: str = field("test", "split to evaluate on")
+    prompt: str = field("auto", "prompt format (common.build_prompt): auto | chat | cot | plain",
+                        choices=common.PROMPTS)
     max_len: int = field(256, "max prompt + solution tokens; longer examples are dropped (count printed)")
+    skip_bad: bool = field(False, "skip and count bad data rows (no question, gold or solution; an ungradable "
+                           "gold; an overlong question) instead of stopping at the first with its file:line")
     # optimisation
     max_steps: int = field(1500, "optimizer steps")
     batch_size: int = field(64, "sequences per optimizer step, global (all ranks, all micro-batches)")
@@ -112,13 +118,13 @@ class Config:
 # -----------------------------------------------------------------------------
 # pure helpers
 
-def tokenize_example(tokenizer, question, solution, max_len):
+def tokenize_example(tokenizer, question, solution, max_len, prompt="auto"):
     """(input_ids, labels) for prompt + solution + EOS, labels -100 on the prompt; None if too long.
 
     NOTE: prompt and solution are tokenized separately and concatenated, so the boundary is exact
     for any tokenizer (BPE merges across it would blur which tokens are "solution").
     """
-    prompt_ids = tokenizer(common.build_prompt(tokenizer, question), add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer(common.build_prompt(tokenizer, question, prompt), add_special_tokens=False)["input_ids"]
     sol_ids = tokenizer(solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     ids = prompt_ids + sol_ids
     if len(ids) > max_len:
@@ -209,7 +215,8 @@ def load_model_and_tokenizer(cfg, device):
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # for generation; training pads by hand (right)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    eos = sorted(common.model_eos_ids(model, tokenizer))  # NOTE: every EOS id (Qwen: <|im_end|>, <|endoftext|>)
+    model.generation_config.eos_token_id = eos[0] if len(eos) == 1 else eos
     if cfg.init == "scratch":  # plain model.generate() is greedy and long enough; a pretrained
         model.generation_config.do_sample = False  # model keeps its own defaults
         model.generation_config.max_new_tokens = cfg.max_new_tokens
@@ -222,44 +229,72 @@ def load_model_and_tokenizer(cfg, device):
 # -----------------------------------------------------------------------------
 # data
 
-def load_split(dataset, split, limit=None):
-    """common.load_problems, with a missing file or a malformed row as a RunError."""
+def load_split(dataset, split, limit=None, skip_bad=False):
+    """common.load_problems (every gold checked), with a missing file or a bad row as a RunError."""
     try:
-        return common.load_problems(dataset, split, limit)
-    except (FileNotFoundError, ValueError) as e:
+        return common.load_problems(dataset, split, limit, skip_bad=skip_bad)
+    except (OSError, ValueError) as e:
         raise common.RunError(str(e)) from None
 
 
-def tokenize_dataset(tokenizer, rows, max_len, where):
-    """Step 2: (input_ids, labels) of every row that fits in max_len (the rest are counted)."""
-    examples, dropped = [], 0
+def tokenize_dataset(tokenizer, rows, max_len, where, prompt="auto", skip_bad=False):
+    """Step 2: (input_ids, labels) of every row that fits in max_len (the rest are counted). A row
+    without a solution is a RunError naming its file:line, or with skip_bad skipped and counted."""
+    examples, dropped, bad = [], 0, 0
     for i, row in enumerate(rows):
-        if not row.get("solution"):
-            raise common.RunError(f"{where}: row {i + 1} has no solution to train on")
-        ex = tokenize_example(tokenizer, row["question"], row["solution"], max_len)
+        if not isinstance(row.get("solution"), str) or not row["solution"].strip():
+            if skip_bad:
+                bad += 1
+                continue
+            raise common.RunError(f"{row.get('_where', f'{where}: row {i + 1}')}: no solution to train on "
+                                  "(pass --skip-bad to skip such rows)")
+        ex = tokenize_example(tokenizer, row["question"], row["solution"], max_len, prompt)
         if ex is None:
             dropped += 1
         else:
             examples.append(ex)
     if not examples:
         raise common.RunError(f"{where}: no training example fits in --max-len {max_len}")
-    print0(f"train: {len(examples)} examples ({dropped} dropped, longer than max_len={max_len})")
+    print0(f"train: {len(examples)} examples ({dropped} dropped, longer than max_len={max_len}"
+           + (f"; {bad} skipped without a solution)" if bad else ")"))
     return examples
 
 
 # -----------------------------------------------------------------------------
 # evaluation
 
-def accuracy(model, tokenizer, problems, max_new_tokens, temperature=0.0, samples=1, batch_size=250):
+def accuracy(model, tokenizer, problems, max_new_tokens, temperature=0.0, samples=1, batch_size=250,
+             prompt="auto"):
     """Mean success (rewards.success_rewards: EOS and the gold answer) over problems, and over
     `samples` draws each when sampling; also the (text, finished, success) of every response."""
-    prompts = [common.build_prompt(tokenizer, p["question"]) for p in problems] * samples
+    prompts = [common.build_prompt(tokenizer, p["question"], prompt) for p in problems] * samples
     golds = [p["answer"] for p in problems] * samples
     # NOTE: sort=False: batches in problem order, as sft.py has always drawn its samples
     gens = common.generate(model, tokenizer, prompts, max_new_tokens, temperature, batch_size=batch_size, sort=False)
     texts = [tokenizer.decode(g.tokens, skip_special_tokens=True) for g in gens]
-    success = rewards.success_rewards(texts, golds, [g.finished for g in gens])
+    success = grade_counted(texts, golds, [g.finished for g in gens])
     return sum(success) / max(1, len(success)), list(zip(texts, [g.finished for g in gens], success))
+
+
+def grade_counted(texts, golds, finished):
+    """rewards.success_rewards, where a response the grader cannot grade (a timeout, an error, a
+    gold it rejects) is wrong and counted in one printed line, never a crash (as in evaluate.py)."""
+    statuses = []
+    try:
+        success = rewards.success_rewards(texts, golds, finished, statuses=statuses)
+    except ValueError:  # a gold it cannot parse (load_problems checks them all): one pair at a time
+        success, statuses = [], []
+        for t, g, f in zip(texts, golds, finished):
+            try:
+                success += rewards.success_rewards([t], [g], [f], statuses=statuses)
+            except ValueError:
+                success.append(0.0)
+                statuses.append("error")
+    bad = len(statuses) - statuses.count("ok")
+    if bad:
+        print0(f"grading: {bad} of {len(statuses)} responses not graded ({statuses.count('timeout')} timeouts, "
+               f"{statuses.count('error')} errors): counted wrong")
+    return success
 
 
 def truncated_fraction(responses):
@@ -269,12 +304,13 @@ def truncated_fraction(responses):
 def eval_only(cfg, model, tokenizer, problems):
     """--eval-only (rank 0): greedy and T=1 sampling accuracy of --init, one metrics.jsonl row."""
     t0 = time.time()
-    g_acc, g_resp = accuracy(model, tokenizer, problems, cfg.max_new_tokens, batch_size=cfg.eval_batch_size)
+    g_acc, g_resp = accuracy(model, tokenizer, problems, cfg.max_new_tokens, batch_size=cfg.eval_batch_size,
+                             prompt=cfg.prompt)
     row = {"eval/n": len(problems), "eval/greedy_accuracy": g_acc, "eval/greedy_truncated": truncated_fraction(g_resp)}
     if cfg.eval_samples > 0:
         torch.manual_seed(cfg.seed)
         s_acc, _ = accuracy(model, tokenizer, problems, cfg.max_new_tokens, temperature=1.0,
-                            samples=cfg.eval_samples, batch_size=cfg.eval_batch_size)
+                            samples=cfg.eval_samples, batch_size=cfg.eval_batch_size, prompt=cfg.prompt)
         row.update({"eval/sampling_accuracy": s_acc, "eval/samples": cfg.eval_samples})
     row["perf/eval_s"] = time.time() - t0
     common.MetricsLogger(cfg.out_dir, append=True).log(row, echo=True)
@@ -282,7 +318,8 @@ def eval_only(cfg, model, tokenizer, problems):
 
 def eval_greedy(model, tokenizer, problems, cfg, step):
     """Step 4 (rank 0): greedy accuracy on the eval problems, and one decoded sample printed."""
-    acc, resp = accuracy(model, tokenizer, problems, cfg.max_new_tokens, batch_size=cfg.eval_batch_size)
+    acc, resp = accuracy(model, tokenizer, problems, cfg.max_new_tokens, batch_size=cfg.eval_batch_size,
+                         prompt=cfg.prompt)
     text, _, success = resp[0]
     print0(f"[step {step}] Q: {problems[0]['question']}\n  gold {problems[0]['answer']}"
            f"  correct {success == 1.0}\n  {text!r}")
@@ -336,7 +373,8 @@ def train_step(model, opt, mine, n_tok_global, cfg, rt, pad_id):
 
 def train(cfg, rt, model, tokenizer, examples, eval_problems, logger):
     """Steps 3-4: cfg.max_steps updates with periodic greedy evals; metrics.jsonl every 10 steps
-    and at each eval. Returns the last metrics row."""
+    and at each eval. Returns the last step's metrics row, not yet logged (main saves the model,
+    then evaluates it and logs the row)."""
     opt = make_optimizer(model, cfg)
     raw_model = model
     if rt.world_size > 1:
@@ -360,9 +398,11 @@ def train(cfg, rt, model, tokenizer, examples, eval_problems, logger):
                 "train/grad_norm": gnorm, "perf/step_s": time.time() - t0, "perf/elapsed_s": time.time() - t_start}
         bar.set_postfix(loss=f"{last['train/loss']:.3f}")
 
-        # 4. periodic greedy eval on the first eval_limit problems (rank 0 only, no collectives inside)
-        is_last = step + 1 == cfg.max_steps
-        evaluated = bool(cfg.eval_every and (step + 1) % cfg.eval_every == 0) or is_last
+        # 4. periodic greedy eval on the first eval_limit problems (rank 0 only, no collectives inside);
+        # the last step's eval and row come after the save (main), so a failing eval loses nothing
+        if step + 1 == cfg.max_steps:
+            break
+        evaluated = bool(cfg.eval_every and (step + 1) % cfg.eval_every == 0)
         if evaluated:
             if rt.master:
                 last.update(eval_greedy(raw_model, tokenizer, eval_problems, cfg, step + 1))
@@ -375,14 +415,40 @@ def train(cfg, rt, model, tokenizer, examples, eval_problems, logger):
 # -----------------------------------------------------------------------------
 # main
 
+def check_config(cfg):
+    """Flags that cannot work -> one-line RunError, before anything is loaded."""
+    for name in ("max_steps", "batch_size", "micro_batch_size", "max_len", "eval_batch_size", "max_new_tokens"):
+        common.require(getattr(cfg, name) >= 1, f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be >= 1")
+    for name in ("warmup_steps", "eval_every", "eval_limit", "eval_samples", "weight_decay", "grad_clip"):
+        common.require(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be >= 0")
+    common.require(cfg.lr > 0 and cfg.min_lr >= 0, f"--lr {cfg.lr} / --min-lr {cfg.min_lr}: need lr > 0 and min-lr >= 0")
+
+
+def save(cfg, rt, model, tokenizer, last, t_start):
+    """Step 5 (rank 0): the unwrapped model + tokenizer, and meta.json (written atomically)."""
+    model.save_pretrained(cfg.out_dir)
+    tokenizer.save_pretrained(cfg.out_dir)
+    meta = {"config": asdict(cfg), "step": cfg.max_steps, "metrics": last,
+            "n_params": sum(p.numel() for p in model.parameters()), "train_wall_s": time.time() - t_start,
+            "torch_threads": torch.get_num_threads(), "world_size": rt.world_size,
+            "command": "python " + " ".join(sys.argv)}
+    common.atomic_write(os.path.join(cfg.out_dir, "meta.json"), json.dumps(meta, indent=2).encode())
+    return meta
+
+
 def main(argv=None):
     cfg = common.parse_config(Config, argv)
+    check_config(cfg)
     rt = common.setup_runtime(cfg.device, cfg.seed)
     print0("config: " + json.dumps(asdict(cfg)))
 
     # 1. model and tokenizer; the eval problems
     model, tokenizer = load_model_and_tokenizer(cfg, rt.device)
-    eval_problems = load_split(cfg.dataset, cfg.eval_split, cfg.eval_limit or None)
+    eval_problems = common.check_prompt_lengths(
+        tokenizer, load_split(cfg.dataset, cfg.eval_split, cfg.eval_limit or None, cfg.skip_bad),
+        common.max_prompt_tokens(model), f"{cfg.dataset}/{cfg.eval_split}", cfg.skip_bad, cfg.prompt)
+    if not eval_problems:
+        raise common.RunError(f"no eval problems in {cfg.dataset!r} (split {cfg.eval_split})")
     if cfg.eval_only:
         if rt.master:
             eval_only(cfg, model, tokenizer, eval_problems)
@@ -395,24 +461,23 @@ def main(argv=None):
     accum = cfg.batch_size // (rt.world_size * cfg.micro_batch_size)
     print0(f"per rank: {cfg.batch_size // rt.world_size} sequences/step = {accum} micro-batches "
            f"of {cfg.micro_batch_size}")
-    examples = tokenize_dataset(tokenizer, load_split(cfg.dataset, cfg.train_split), cfg.max_len,
-                                f"{cfg.dataset}/{cfg.train_split}")
+    examples = tokenize_dataset(tokenizer, load_split(cfg.dataset, cfg.train_split, skip_bad=cfg.skip_bad),
+                                cfg.max_len, f"{cfg.dataset}/{cfg.train_split}", cfg.prompt, cfg.skip_bad)
 
     # 3.-4. train with periodic evals; a fresh metrics.jsonl
     t_start = time.time()
-    last = train(cfg, rt, model, tokenizer, examples, eval_problems, common.MetricsLogger(cfg.out_dir))
+    logger = common.MetricsLogger(cfg.out_dir)
+    last = train(cfg, rt, model, tokenizer, examples, eval_problems, logger)
 
-    # 5. save (the unwrapped model) + meta.json
+    # 5. save (the unwrapped model) + meta.json FIRST, then the final eval: an eval that fails (a bad
+    # row, out of memory) cannot lose the trained weights
     if rt.master:
-        model.save_pretrained(cfg.out_dir)
-        tokenizer.save_pretrained(cfg.out_dir)
-        meta = {"config": asdict(cfg), "step": cfg.max_steps, "metrics": last,
-                "n_params": sum(p.numel() for p in model.parameters()), "train_wall_s": time.time() - t_start,
-                "torch_threads": torch.get_num_threads(), "world_size": rt.world_size,
-                "command": "python " + " ".join(sys.argv)}
-        with open(os.path.join(cfg.out_dir, "meta.json"), "w") as f:
-            json.dump(meta, f, indent=2)
-        print0(f"saved {cfg.out_dir} ({time.time() - t_start:.0f} s)")
+        meta = save(cfg, rt, model, tokenizer, last, t_start)
+        print0(f"saved {cfg.out_dir} ({time.time() - t_start:.0f} s); final eval")
+        last.update(eval_greedy(model, tokenizer, eval_problems, cfg, cfg.max_steps))
+        logger.log(last, echo=True)
+        meta["metrics"] = last
+        common.atomic_write(os.path.join(cfg.out_dir, "meta.json"), json.dumps(meta, indent=2).encode())
     common.barrier()
 
 

@@ -458,9 +458,9 @@ def test_load_problems_formats(tmp_path):
 
 
 def test_load_problems_errors(tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match=r"row 2"):
+    with pytest.raises(ValueError, match=r"a\.jsonl:2: no question"):  # file:line (was "row 2")
         common.load_problems(_write(tmp_path / "a.jsonl", [{"question": "Q", "answer": "1"}, {"question": "Q"}]))
-    with pytest.raises(ValueError, match=r"row 1"):
+    with pytest.raises(ValueError, match=r"b\.jsonl:1: no question"):
         common.load_problems(_write(tmp_path / "b.jsonl", [{"question": " ", "answer": "1"}]))
     with pytest.raises(ValueError, match=r"c\.jsonl:2"):
         common.load_problems(_write(tmp_path / "c.jsonl", [{"question": "Q", "answer": "1"}, "{not json"]))

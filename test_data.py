@@ -293,4 +293,5 @@ def test_step_label_prepare_scripts_write_the_schema(tmp_path):
     out = tmp_path / "prm" / "train.jsonl"
     prm800k.main(["--source", str(prm_raw), "--neutral", "0.5", "--out", str(out)])
     (r,) = common.read_jsonl(out)
-    assert r == {"question": "P", "answer": "1", "steps": ["x = 1", "so 1"], "labels": [1.0, 0.5], "correct": 1}
+    assert r == {"question": "P", "answer": "1", "steps": ["x = 1", "so 1"], "labels": [1.0, 0.5], "correct": 1,
+                 "source": "prm800k"}

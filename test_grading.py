@@ -244,7 +244,7 @@ def test_math_verify_timeouts_are_whole_seconds():
     # NOTE: math-verify's signal.alarm takes ints; a float makes every comparison silently False.
     from math_verify import parse, verify
 
-    assert isinstance(G.PARSE_TIMEOUT_S, int) and isinstance(G.VERIFY_TIMEOUT_S, int)
+    # (grading.py therefore switches math-verify's alarms off and bounds each pair itself)
     a, b = parse("$\\frac{1}{2}$"), parse("$0.5$")
     assert verify(a, b, timeout_seconds=1)
     assert not verify(a, b, timeout_seconds=0.5)  # the trap this module avoids
@@ -409,9 +409,9 @@ def test_parser_itself_executes_nothing(tmp_path, monkeypatch):
 
 
 def test_alarm_bounds_what_the_screen_lets_through():
-    # Short, screened, and slow for sympy (~20 s unbounded): the whole-second alarm cuts it.
+    # Short, screened, and slow for sympy (~20 s unbounded): the pair's timer cuts it.
     slow = "\\boxed{(a+b+c+d+e+f+g+h)^{8}}"
     assert G._looks_safe(G.extract_answer(slow))
     t = time.perf_counter()
     assert G.is_correct(slow, "x^2+1") is False
-    assert time.perf_counter() - t < G.PARSE_TIMEOUT_S + 2 * G.VERIFY_TIMEOUT_S + 2
+    assert time.perf_counter() - t < G.PAIR_TIMEOUT_S + 2

@@ -319,7 +319,7 @@ def test_rollout_ref_logprobs_come_from_the_reference_model(tiny_policy, tiny_mo
     ref = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "ref", seed=1)).eval()
     critic = AutoModelForTokenClassification.from_pretrained(tiny_model_dir, num_labels=1).eval()
     qs = ["Compute 1 + 2.", "Compute 10 - 200 + 3000 - 4.", "Compute 5 - 6 + 7."]
-    cfg = SimpleNamespace(seed=0, max_new_tokens=8, temperature=0.7)
+    cfg = SimpleNamespace(seed=0, max_new_tokens=8, temperature=0.7, prompt="auto")
     rt = SimpleNamespace(device="cpu", B=3, rank=0, n_rows=3, micro=2, amp=contextlib.nullcontext())
     ro = ppo.rollout(model, ref, critic, tok, {tok.eos_token_id}, qs, cfg, rt, step=1)
     ids, mask = ppo.encode(tok, qs, "cpu")
@@ -495,7 +495,7 @@ def test_ppo_update_matches_a_manual_sgd_loop(tiny_model_dir, max_grad_norm):
               "critic": torch.optim.SGD(critic.parameters(), lr=lr)}
     cfg = SimpleNamespace(lr=lr, critic_lr=lr, anneal_lr=False, steps=1, ppo_epochs=1, seed=0, prompts_per_step=2,
                           minibatches=2, samples_per_prompt=2, temperature=temp, cliprange=c, cliprange_value=cv,
-                          fsdp=False, max_grad_norm=max_grad_norm)
+                          fsdp=False, max_grad_norm=max_grad_norm, out_dir="unused")
     rt = SimpleNamespace(device="cpu", rank=0, world_size=1, B=B, micro=1, amp=contextlib.nullcontext())
     ppo.ppo_update(models, optims, ro, adv, returns, cfg, rt, step=1)
 
@@ -630,12 +630,12 @@ def test_missing_paths_give_one_clear_error(tiny_model_dir, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "Compute 1 + 1.", "answer": "2"}\n{"question": "Compute 2 + 2."}\n')
     err = fail(base + ["--policy", tiny_model_dir, "--reward", "success", "--dataset", str(bad)], capsys)
-    assert "bad.jsonl" in err and "row 2" in err
+    assert "bad.jsonl:2" in err  # file:line (was "row 2")
     ungradable = tmp_path / "ungradable.jsonl"
     ungradable.write_text("".join('{"question": "Compute 1 + 1.", "answer": "\\\\frac{"}\n' for _ in range(8)))
     err = fail(base + ["--policy", tiny_model_dir, "--reward", "success", "--dataset", str(ungradable),
                        "--eval-limit", "0"], capsys)
-    assert "step 1" in err and "frac{" in err
+    assert "ungradable.jsonl:1: ungradable gold" in err and "frac{" in err  # at load, not at step 1
     err = fail(base + ["--policy", tiny_model_dir, "--reward", "prmm"], capsys)
     assert "prmm" in err
     err = fail(base + ["--policy", tiny_model_dir, "--resume"], capsys)
@@ -645,16 +645,16 @@ def test_missing_paths_give_one_clear_error(tiny_model_dir, tmp_path, capsys):
 def test_nan_reward_stops_with_step_and_quantity_and_keeps_checkpoint(tiny_model_dir, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
     nan_prm = build_tiny_model(tmp_path / "nan-prm", seed=1)
-    m = AutoModelForCausalLM.from_pretrained(nan_prm)
-    with torch.no_grad():
-        m.model.norm.weight.fill_(float("nan"))
-    m.save_pretrained(nan_prm)
     out = str(tmp_path / "run")
-    base = ["--policy", tiny_model_dir, "--prm", tiny_model_dir, "--reward", "prm", "--out-dir", out,
+    base = ["--policy", tiny_model_dir, "--prm", nan_prm, "--reward", "prm", "--out-dir", out,
             *TINY, "--eval-limit", "0", "--sample-every", "0"]
     ppo.main(base + ["--steps", "1"])
     before = open(os.path.join(out, "ckpt", "policy", "model.safetensors"), "rb").read()
-    err = fail(base + ["--steps", "2", "--resume", "--prm", nan_prm], capsys)
+    m = AutoModelForCausalLM.from_pretrained(nan_prm)  # the PRM goes bad in place (--resume refuses a new --prm)
+    with torch.no_grad():
+        m.model.norm.weight.fill_(float("nan"))
+    m.save_pretrained(nan_prm)
+    err = fail(base + ["--steps", "2", "--resume"], capsys)
     assert "step 2" in err and "non-finite rewards" in err
     assert json.load(open(os.path.join(out, "ckpt", "meta.json")))["step"] == 1
     assert open(os.path.join(out, "ckpt", "policy", "model.safetensors"), "rb").read() == before

@@ -244,8 +244,9 @@ def test_orm_tensors_go_on_last_token(tiny_model_dir):
 
 
 def test_missing_tokens_name_them(tiny_model_dir):
-    with pytest.raises(ValueError, match=r"step tag '<nope>'.*pos token 'plus'"):
-        rewards.load_reward_model(tiny_model_dir, step_tag="<nope>", pos_token="plus", device="cpu")
+    # a tag outside the character vocabulary (several tokens are fine: read at the last one)
+    with pytest.raises(ValueError, match=r"step tag 'ки'.*pos token 'plus'"):
+        rewards.load_reward_model(tiny_model_dir, step_tag="ки", pos_token="plus", device="cpu")
     with pytest.raises(ValueError, match="neg token 'minus'"):
         rewards.load_reward_model(tiny_model_dir, step_tag=TAG, neg_token="minus", device="cpu")
     with pytest.raises(ValueError, match="no step tag"):  # not ours (no meta.json) and no tag given
@@ -465,7 +466,7 @@ def test_user_errors_are_one_line_run_errors(tmp_path):
         {"completions": [{"text": "x = 1", "rating": 1}], "chosen_completion": 0}]}}]
     prm800k.write_jsonl(str(prepared), prm800k.read_prm800k(recs))
     assert prm_train.read_records(str(prepared)) == [
-        {"question": "P", "answer": None, "steps": ["x = 1"], "labels": [1.0], "correct": 1}]
+        {"question": "P", "answer": None, "steps": ["x = 1"], "labels": [1.0], "correct": 1, "source": "prm800k"}]
 
 
 def _toy_records(n):

@@ -9,7 +9,9 @@ Conversion of one raw row {"problem", "solution", ["answer"], ...}:
   2. answer   = the row's `answer` field when present and non-empty, else the content of the last
                 \\boxed{...} / \\fbox{...} of the solution (brace-matched, nested braces allowed).
   3. solution = the solution text unchanged (MATH paragraphs are already separated by blank lines).
-  Other fields (subject or type, level, unique_id) are kept when present.
+  Other fields (subject or type, level, unique_id) are kept when present. Rows of a split named
+  *prm800k* (train_prm800k_12k: PRM800K's 12k problems, about 4,500 of them from the MATH test set)
+  get "source": "prm800k", and every stage that reads them warns to evaluate on MATH500.
 A row that is not JSON, lacks a problem or a solution, or has no gold answer by rule 2 is an error
 naming the file and line; with --skip-bad it is skipped and counted instead.
 
@@ -145,6 +147,8 @@ def main(argv=None):
         for split in (args.splits or splits).split(","):
             lines, src = read_split(source, split)
             rows, skipped = convert_lines(lines, src, args.skip_bad)
+            if "prm800k" in split:  # NOTE: PRM800K's 12k split holds ~4,500 MATH test problems; the stages warn
+                rows = [{**r, "source": "prm800k"} for r in rows]
             out = os.path.join(out_dir, f"{split}.jsonl")
             write_jsonl(out, rows)
             print(f"{src}: wrote {len(rows)} rows to {out} ({skipped} bad rows skipped)")

@@ -6,7 +6,10 @@ Output: one JSON object per line, the schema prm_train.py reads (its own Monte-C
 the same keys, plus id / sample / response / finished / soft):
 
     {"question": str, "answer": str | null, "steps": [str, ...],
-     "labels": [float in [0, 1], one per step], "correct": 0 | 1}
+     "labels": [float in [0, 1], one per step], "correct": 0 | 1, "source": "prm800k"}
+
+  NOTE: "source" marks the data for the stages: PRM800K holds about 4,500 MATH test problems, and
+  every stage that reads such rows warns to evaluate on MATH500, not on the full MATH test set.
 
   A step never contains the step separator (--step-sep, default a blank line), so splitting the
   joined steps at scoring time gives them back. prm_train reads a label > 0 as a good step (hard
@@ -129,7 +132,7 @@ def read_prm800k(rows, neutral=1.0, sep=DEFAULT_STEP_SEP):
             finished = row["label"].get("finish_reason") == "solution"
             out.append({"question": q.get("problem", ""), "answer": q.get("ground_truth_answer"),
                         "steps": steps, "labels": labels,
-                        "correct": int(finished and min(labels) > 0)})
+                        "correct": int(finished and min(labels) > 0), "source": "prm800k"})
     return out
 
 

@@ -1,0 +1,226 @@
+"""Tests for the chunked log-probs of ppo.policy_logprobs (values, entropies and gradients against
+the naive full-vocabulary log_softmax; nothing of size (tokens, V) kept for the backward) and for
+how every stage samples (docs/METHOD.md §5): sft's accuracy, prm_train's labeling and evaluate's
+responses go through common.generate and sample the plain softmax, whatever the checkpoint's
+generation_config says."""
+
+import pytest
+import torch
+
+import common
+import evaluate
+import ppo
+import prm_train
+import sft
+from conftest import build_tiny_model
+
+QUESTIONS = ["Compute 1 + 2.", "Compute 10 - 200 + 3000 - 4.", "Compute 5 - 6 + 7."]
+
+
+# -----------------------------------------------------------------------------
+# ppo.policy_logprobs: chunked head + softmax vs the naive full log_softmax
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = build_tiny_model(tmp_path_factory.mktemp("logp-model"), seed=5)
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def ragged_batch(tok, lengths, T=9):
+    """Left-padded prompts (B, P) + right-padded random responses of `lengths` -> (ids, attn, P, mask)."""
+    ids, mask = ppo.encode(tok, QUESTIONS[:len(lengths)], "cpu")
+    resp = torch.randint(2, len(tok), (len(lengths), T), generator=torch.Generator().manual_seed(0))
+    rmask = torch.arange(T)[None] < torch.tensor(lengths)[:, None]  # (B, T)
+    return torch.cat([ids, resp], 1), torch.cat([mask, rmask.long()], 1), ids.shape[1], rmask
+
+
+def naive_logprobs(model, ids, attn, P, temperature):
+    """Per row, one forward of the unpadded sequence and the full log_softmax(logits / T):
+    lists of (n_b,) log-probs and entropies."""
+    logps, ents = [], []
+    for b in range(ids.shape[0]):
+        row = ids[b][attn[b].bool()][None]  # (1, p + n)
+        p, n = int(attn[b, :P].sum()), int(attn[b, P:].sum())
+        lp = torch.log_softmax(model(input_ids=row).logits[0, p - 1:p - 1 + n].float() / temperature, -1)  # (n, V)
+        logps.append(lp.gather(-1, row[0, p:, None]).squeeze(-1))
+        ents.append(-(lp.exp() * lp).sum(-1))
+    return logps, ents
+
+
+def test_chunked_logprobs_entropy_and_gradients_match_full_log_softmax(policy, monkeypatch):
+    model, tok = policy
+    monkeypatch.setattr(ppo, "LOGP_CHUNK", 5)  # 16 response tokens: chunks of 5, 5, 5, 1
+    lengths = [7, 0, 9]  # ragged, one row empty
+    ids, attn, P, mask = ragged_batch(tok, lengths)
+    g = torch.Generator().manual_seed(1)
+    w_logp, w_ent = torch.randn(mask.shape, generator=g), torch.randn(mask.shape, generator=g)  # (B, T)
+    params = [p for p in model.parameters()]
+
+    logp, ent = ppo.policy_logprobs(model, ids, attn, P, 0.7, entropy=True)  # (B, T) each
+    got = torch.autograd.grad(((w_logp * logp + w_ent * ent) * mask).sum(), params)
+    ref_logp, ref_ent = naive_logprobs(model, ids, attn, P, 0.7)
+    want = torch.autograd.grad(sum((w_logp[b, :n] * ref_logp[b] + w_ent[b, :n] * ref_ent[b]).sum()
+                                   for b, n in enumerate(lengths)), params)
+    for b, n in enumerate(lengths):
+        assert torch.allclose(logp[b, :n], ref_logp[b], atol=1e-5) and torch.allclose(ent[b, :n], ref_ent[b], atol=1e-5)
+    assert (logp[~mask] == 0).all() and (ent[~mask] == 0).all()
+    for x, y in zip(got, want):
+        assert torch.allclose(x, y, atol=1e-5, rtol=1e-4)
+
+    # the rollout's calls: no grad, no entropy, same log-probs
+    with torch.no_grad():
+        assert torch.allclose(ppo.policy_logprobs(model, ids, attn, P, 0.7), logp, atol=1e-6)
+    lp_only = ppo.policy_logprobs(model, ids, attn, P, 0.7)
+    got = torch.autograd.grad((w_logp * lp_only * mask).sum(), params)
+    ref_logp, _ = naive_logprobs(model, ids, attn, P, 0.7)
+    want = torch.autograd.grad(sum((w_logp[b, :n] * ref_logp[b]).sum() for b, n in enumerate(lengths)), params)
+    assert all(torch.allclose(x, y, atol=1e-5, rtol=1e-4) for x, y in zip(got, want))
+
+
+def test_backward_keeps_no_vocabulary_wide_tensor(policy, monkeypatch):
+    """The memory claim on CPU: autograd saves no (tokens, V) tensor for the backward; each chunk's
+    are recomputed there (the old code saved the full (B, T, V) log-softmax; without the
+    checkpoint every chunk's would stay). bench/bench_logprobs.py measures the bytes."""
+    model, tok = policy
+    monkeypatch.setattr(ppo, "LOGP_CHUNK", 4)
+    ids, attn, P, mask = ragged_batch(tok, [9, 8, 9])
+    V, saved = model.config.vocab_size, []
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in weights:  # the head's weight (H, V) costs nothing
+            saved.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logp, ent = ppo.policy_logprobs(model, ids, attn, P, 0.7, entropy=True)
+    ((logp + ent) * mask).sum().backward()
+    assert model.config.hidden_size != V and saved
+    assert not [s for s in saved if s[-1] == V], saved
+
+
+# -----------------------------------------------------------------------------
+# sampling: one rule for every stage (docs/METHOD.md §5)
+
+@pytest.fixture(scope="module")
+def poisoned(tmp_path_factory):
+    """A tiny checkpoint whose generation_config asks for repetition_penalty 1.5, top_k 1 and no
+    sampling (Qwen checkpoints ship such defaults), loaded as the stages load it. NOTE: untied random
+    head: with tied embeddings a random model's greedy output just repeats the last token."""
+    import json
+    import os
+
+    path = build_tiny_model(tmp_path_factory.mktemp("poisoned"), seed=3)
+    model = common.load_model(path, dtype=torch.float32)
+    head = torch.randn(model.lm_head.weight.shape, generator=torch.Generator().manual_seed(0)) * 0.2
+    model.lm_head.weight, model.config.tie_word_embeddings = torch.nn.Parameter(head), False
+    model.save_pretrained(path)
+    gen_path = os.path.join(path, "generation_config.json")
+    with open(gen_path) as f:
+        gen = json.load(f)
+    gen.update(repetition_penalty=1.5, top_k=1, do_sample=False)  # by hand: save_pretrained may refuse it
+    with open(gen_path, "w") as f:
+        json.dump(gen, f)
+    model, tok = common.load_model(path, dtype=torch.float32).eval(), common.load_tokenizer(path)
+    assert (model.generation_config.repetition_penalty, model.generation_config.top_k) == (1.5, 1)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+@torch.no_grad()
+def plain_softmax(model, tok, prompt, n, max_new_tokens, temperature):
+    """The reference: n rows of `prompt`, one full forward per token, argmax (T = 0) or
+    torch.multinomial on softmax(logits / T); each row cut after its first EOS. Returns
+    [(tokens, finished)] per row."""
+    ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]] * n)  # (n, L)
+    eos = common.model_eos_ids(model, tok)
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=ids).logits[:, -1].float()  # (n, V)
+        nxt = logits.argmax(-1) if temperature == 0 else torch.multinomial(torch.softmax(logits / temperature, -1), 1)[:, 0]
+        ids = torch.cat([ids, nxt[:, None]], 1)
+    out = []
+    for row in ids[:, -max_new_tokens:].tolist():
+        end = next((t for t, x in enumerate(row) if x in eos), None)
+        out.append((row, False) if end is None else (row[:end + 1], True))
+    return out
+
+
+@pytest.fixture
+def only_common_generate(poisoned, monkeypatch):
+    """Spies on common.generate and makes model.generate fail outside it: a stage that called
+    model.generate itself (with the checkpoint's generation_config) fails the test."""
+    model, _ = poisoned
+    calls, inside = [], []
+    real_generate, real_model_generate = common.generate, model.generate
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        inside.append(True)
+        try:
+            return real_generate(*args, **kwargs)
+        finally:
+            inside.pop()
+
+    def guarded(*args, **kwargs):
+        assert inside, "model.generate called outside common.generate"
+        return real_model_generate(*args, **kwargs)
+
+    monkeypatch.setattr(common, "generate", spy)
+    monkeypatch.setattr(model, "generate", guarded)
+    return calls
+
+
+def test_the_checkpoint_config_would_change_the_samples(poisoned):
+    """The poison bites: Hugging Face generate with the checkpoint's own config is not the plain
+    softmax (so the stage tests below can fail)."""
+    model, tok = poisoned
+    prompt = common.build_prompt(tok, QUESTIONS[1])
+    want = plain_softmax(model, tok, prompt, 1, 12, 0.0)[0]
+    x = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
+    hf = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=12)[0, x.shape[1]:].tolist()
+    assert hf[:len(want[0])] != want[0]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_sft_accuracy_samples_the_plain_softmax(poisoned, only_common_generate, temperature):
+    model, tok = poisoned
+    problem = {"question": QUESTIONS[1], "answer": "2799"}
+    torch.manual_seed(7)
+    _, got = sft.accuracy(model, tok, [problem], 12, temperature, samples=4, batch_size=8)
+    torch.manual_seed(7)
+    want = plain_softmax(model, tok, common.build_prompt(tok, problem["question"]), 4, 12, temperature)
+    assert [(text, fin) for text, fin, _ in got] == [(tok.decode(t, skip_special_tokens=True), f) for t, f in want]
+    assert only_common_generate and all(c.get("top_k", 0) == 0 and c.get("top_p", 1.0) == 1.0
+                                        for c in only_common_generate)
+
+
+def test_prm_labeling_samples_the_plain_softmax(poisoned, only_common_generate):
+    model, tok = poisoned
+    problem = {"question": QUESTIONS[1], "answer": "2799"}
+    cfg = prm_train.Config()
+    torch.manual_seed(7)
+    records, stats = prm_train.label_problems(model, tok, [problem], 4, 2, 0.7, cfg.top_p, 12, 64, "\n", True)
+    torch.manual_seed(7)  # step 1a, the solutions: the first generate call
+    want = plain_softmax(model, tok, common.build_prompt(tok, problem["question"]), 4, 12, 0.7)
+    assert [(r["response"], r["finished"]) for r in records] == [
+        (tok.decode(t[:-1] if f else t, skip_special_tokens=True), f) for t, f in want]
+    assert len(only_common_generate) == stats["gen_calls"]
+    assert all(c["top_p"] == 1.0 and c.get("top_k", 0) == 0 for c in only_common_generate)
+
+
+def test_evaluate_samples_the_plain_softmax(poisoned, only_common_generate):
+    model, tok = poisoned
+    cfg = evaluate.Config(greedy=True, samples=3, temperature=0.7, max_new_tokens=12, batch_size=8)
+    torch.manual_seed(7)
+    jobs, gens = evaluate.generate_responses(model, tok, [QUESTIONS[1]], cfg)
+    prompt = common.build_prompt(tok, QUESTIONS[1])
+    want = plain_softmax(model, tok, prompt, 1, 12, 0.0)  # greedy first: no random draw
+    torch.manual_seed(7)
+    want += plain_softmax(model, tok, prompt, 3, 12, 0.7)
+    assert jobs == [(0, "greedy", 0)] + [(0, "sample", j) for j in range(3)]
+    assert [tuple(g) for g in gens] == want
+    assert len(only_common_generate) == 2 and all(c.get("top_k", 0) == 0 and c.get("top_p", 1.0) == 1.0
+                                                  for c in only_common_generate)
