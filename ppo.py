@@ -488,10 +488,11 @@ def head_inputs(model):
 LOGP_CHUNK = 256  # tokens per (chunk, V) fp32 block in policy_logprobs: 156 MB at V = 151,936
 
 
-def token_logprobs(head, h, tokens, temperature, entropy):
+def token_logprobs(head, h, tokens, temperature, entropy, vocab_size=None):
     """log-probs of `tokens` (n,) and, if asked, entropies (n,; else 0) under softmax(head(h) / T),
-    the sampling distribution, in fp32; h (n, H)."""
-    logits = head(h).float() / temperature  # (n, V)
+    the sampling distribution, in fp32; h (n, H). vocab_size: len(tokenizer); the embedding's
+    padding rows past it are left out, as the sampler never emits them."""
+    logits = head(h)[:, :vocab_size].float() / temperature  # (n, V)
     lse = logits.logsumexp(-1)  # (n,)
     logp = logits.gather(-1, tokens[:, None]).squeeze(-1) - lse  # (n,)
     if not entropy:
@@ -499,9 +500,10 @@ def token_logprobs(head, h, tokens, temperature, entropy):
     return logp, lse - (logits.softmax(-1) * logits).sum(-1)  # H = log Z - E_p[logits]
 
 
-def policy_logprobs(model, ids, attn, P, temperature, entropy=False):
+def policy_logprobs(model, ids, attn, P, temperature, entropy=False, vocab_size=None):
     """fp32 log-probs (B, T) of the response tokens ids[:, P:] at `temperature` (and their
-    entropies (B, T)); 0 where attn is 0.
+    entropies (B, T)); 0 where attn is 0. vocab_size: len(tokenizer), as in `sample`: the
+    distribution is the sampler's, over the real vocabulary only.
 
     NOTE: memory. Full-vocabulary fp32 logits and log-softmax for the whole batch would cost about
     five (B, T, V) fp32 tensors in forward + backward (6 GB at V = 151,936, B x T = 4 x 512). We keep
@@ -523,7 +525,7 @@ def policy_logprobs(model, ids, attn, P, temperature, entropy=False):
     if fsdp:  # NOTE: the root may have resharded after its forward; the head runs after it, and again
         model.unshard()  # in the backward, whose final callback reduce-scatters its gradient and reshards
     chunk = functools.partial(token_logprobs, model.get_output_embeddings(),
-                              temperature=max(temperature, 1e-6), entropy=entropy)
+                              temperature=max(temperature, 1e-6), entropy=entropy, vocab_size=vocab_size)
     logp, ent = [], []
     for hc, tc in zip(h.split(LOGP_CHUNK), tokens.split(LOGP_CHUNK)):  # (c, H), (c,)
         lp, en = checkpoint(chunk, hc, tc, use_reentrant=False) if torch.is_grad_enabled() else chunk(hc, tc)
@@ -588,11 +590,13 @@ def rollout(policy, ref, critic, tok, eos_ids, questions, cfg, rt, step):
     mask = torch.arange(T, device=rt.device)[None] < lengths[:, None]  # (B, T) response_mask, EOS included
     ids, attn = torch.cat([prompt_ids, resp], 1), torch.cat([prompt_mask, mask.long()], 1)  # (B, L)
     with rt.amp:
-        old_logp = batched(lambda s: policy_logprobs(policy, ids[s], attn[s], P, cfg.temperature), rt.B, rt.micro)
-        ref_logp = batched(lambda s: policy_logprobs(ref, ids[s], attn[s], P, cfg.temperature), rt.B, rt.micro)
+        old_logp = batched(lambda s: policy_logprobs(policy, ids[s], attn[s], P, cfg.temperature,
+                                                     vocab_size=len(tok)), rt.B, rt.micro)
+        ref_logp = batched(lambda s: policy_logprobs(ref, ids[s], attn[s], P, cfg.temperature,
+                                                     vocab_size=len(tok)), rt.B, rt.micro)
         values = batched(lambda s: critic_values(critic, ids[s], attn[s], P), rt.B, rt.micro) * mask
     return SimpleNamespace(ids=ids, attn=attn, P=P, resp=resp, mask=mask, lengths=lengths, finished=finished,
-                           old_logp=old_logp, ref_logp=ref_logp, values=values,
+                           vocab_size=len(tok), old_logp=old_logp, ref_logp=ref_logp, values=values,
                            perf={"perf/generate_s": t1 - t0, "perf/forward_s": time.time() - t1})
 
 
@@ -640,7 +644,8 @@ def ppo_update(models, optims, ro, adv, returns, cfg, rt, step):
             for i in range(0, len(rows), rt.micro):
                 r = rows[i:i + rt.micro]
                 with rt.amp:
-                    logp, ent = policy_logprobs(policy, ro.ids[r], ro.attn[r], ro.P, cfg.temperature, entropy=True)
+                    logp, ent = policy_logprobs(policy, ro.ids[r], ro.attn[r], ro.P, cfg.temperature, entropy=True,
+                                                vocab_size=getattr(ro, "vocab_size", None))
                     v = critic_values(critic, ro.ids[r], ro.attn[r], ro.P)  # (mb, T) each
                 L = ppo_token_losses(logp, ro.old_logp[r], adv[r], v, ro.values[r], returns[r], ro.mask[r],
                                      cfg.cliprange, cfg.cliprange_value)

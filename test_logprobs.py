@@ -224,3 +224,22 @@ def test_evaluate_samples_the_plain_softmax(poisoned, only_common_generate):
     assert [tuple(g) for g in gens] == want
     assert len(only_common_generate) == 2 and all(c.get("top_k", 0) == 0 and c.get("top_p", 1.0) == 1.0
                                                   for c in only_common_generate)
+
+
+def test_logprobs_leave_out_vocabulary_padding_rows(policy):
+    """With vocab_size < the embedding's rows (Qwen2.5: 151,665 tokens, 151,936 rows), log-probs and
+    entropies are those of softmax over the real vocabulary only, the distribution `sample` draws from."""
+    model, tok = policy
+    ids, attn, P, mask = ragged_batch(tok, [6, 3])
+    V, k = model.config.vocab_size, model.config.vocab_size - 7  # pretend the last 7 rows are padding
+    ids = ids.clamp(max=k - 1)  # every real token is below k
+    logp, ent = ppo.policy_logprobs(model, ids, attn, P, 0.7, entropy=True, vocab_size=k)
+    for b in range(ids.shape[0]):
+        row = ids[b][attn[b].bool()][None]
+        p, n = int(attn[b, :P].sum()), int(attn[b, P:].sum())
+        logits = model(input_ids=row).logits[0, p - 1:p - 1 + n, :k].float() / 0.7  # (n, k) by hand
+        lp = torch.log_softmax(logits, -1)
+        assert torch.allclose(logp[b, :n], lp.gather(-1, row[0, p:, None]).squeeze(-1), atol=1e-5)
+        assert torch.allclose(ent[b, :n], -(lp.exp() * lp).sum(-1), atol=1e-5)
+    full = ppo.policy_logprobs(model, ids, attn, P, 0.7)
+    assert V > k and not torch.allclose(full[mask], logp[mask], atol=1e-5)  # the padding rows do matter
