@@ -109,7 +109,8 @@ MUTANTS = [
     Mutant("ppo-truncated-keeps-success", "rewards.py",
            "todo = [i for i, f in enumerate(finished) if f]",
            "todo = list(range(len(finished)))",
-           PPO, "a truncated but correct response keeps its success reward"),
+           REWARDS, "a truncated but correct response keeps its success reward (every stage's accuracy;"
+           " ppo.score also zeroes it in rewards.apply_truncation, so test_ppo.py alone cannot see it)"),
     Mutant("ppo-alpha-ignored", "ppo.py",
            "values = cfg.alpha * values * kmask",
            "values = values * kmask",
