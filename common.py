@@ -16,8 +16,11 @@ common.py: no algorithm lives here, only what would otherwise be copied into eac
      either way), `no_dropout`, `model_eos_ids`. Data: `read_jsonl`, `DATASETS` / `resolve_dataset` /
      `load_problems` (data/<name>/<split>.jsonl or a path; warns of MATH test leakage, see
      `math_test_leak`), `build_prompt` (every stage's prompt, `--prompt auto | chat | cot | plain`).
-  5. Generation for the non-PPO stages (SFT eval, evaluation, PRM labeling): `generate`, batched,
-     left-padded, plain softmax at a temperature or greedy, the checkpoint's sampling defaults off.
+  5. Generation, plain softmax at a temperature or greedy, batched and left-padded (METHOD §6):
+     `generate` (Hugging Face generate, the checkpoint's sampling defaults off: SFT eval, evaluation)
+     and `sample` (our KV-cached loop: finished rows leave the batch, a budget per row, each row's
+     noise indexed by its global row: PPO's rollouts and greedy evals, PRM labeling), with
+     `inverse_cdf`, `nucleus` and `kv_cache`.
   6. Logging: `MetricsLogger` appends one JSON row per line to out_dir/metrics.jsonl (trimmed to the
      checkpoint's step on resume) and mirrors it to wandb when asked.
   7. Out-dir ownership and crash-safe files: `claim_out_dir` (an flock on out_dir/.lock held for the
@@ -419,6 +422,16 @@ def resolve_dataset(name_or_path, split="test"):
                             f"{', '.join(DATASETS)} or an existing .jsonl path")
 
 
+def eval_split(name_or_path, split="auto"):
+    """The split to evaluate on while tuning: `split` itself, or for "auto" `valid` when the dataset
+    has one (data/<name>/valid.jsonl: arith) and `test` otherwise. Defaults are tuned on valid;
+    the test split is for the final report (evaluate.py --split test)."""
+    if split != "auto":
+        return split
+    has_valid = name_or_path in DATASETS and os.path.exists(os.path.join(DATA_DIR, name_or_path, "valid.jsonl"))
+    return "valid" if has_valid else "test"
+
+
 MAX_QUESTION_CHARS = 20_000  # longest MATH question: ~4,300 characters; a longer one is a bad row
 
 
@@ -575,7 +588,7 @@ def build_prompt(tokenizer, question, prompt="auto"):
 
 
 # -----------------------------------------------------------------------------
-# 5. generation for the non-PPO stages
+# 5. generation: common.generate (Hugging Face generate) and common.sample (our KV-cached loop)
 
 class Generation(NamedTuple):
     tokens: list  # response token ids, EOS included when finished (len = response tokens)
@@ -586,7 +599,7 @@ class Generation(NamedTuple):
 def generate(model, tokenizer, prompts, max_new_tokens, temperature=0.0, *, top_k=0, top_p=1.0,
              batch_size=64, sort=True, eos_ids=None, desc=None):
     """One response per prompt with Hugging Face generate: greedy at temperature 0, else sampled
-    from softmax(logits / temperature), the plain softmax, as ppo.py samples.
+    from softmax(logits / temperature), the plain softmax, as common.sample samples.
 
     NOTE: checkpoints ship sampling defaults (Qwen: top_k=20, top_p=0.8, repetition_penalty=1.05)
     that generate() silently merges into any config it is given, and generate's own default is
@@ -598,7 +611,7 @@ def generate(model, tokenizer, prompts, max_new_tokens, temperature=0.0, *, top_
     `batch_size`, left-padded, longest prompts first when `sort` (less padding; sort=False keeps
     the given order, so the random draws match a plain generate call on the same batch). eos_ids:
     default model_eos_ids. desc: a tqdm bar on rank 0. Ids at or past len(tokenizer) (embedding rows
-    padded past the vocabulary, Qwen2.5: 151,665 tokens in 151,936 rows) are suppressed, as ppo.sample does.
+    padded past the vocabulary, Qwen2.5: 151,665 tokens in 151,936 rows) are suppressed, as common.sample does.
     Returns a Generation(tokens, finished) per prompt, in the order given; the response ends at its
     first EOS (kept, the response_mask convention); pad may equal EOS, so pads are never searched.
     Sets model.eval().
@@ -638,6 +651,122 @@ def generate(model, tokenizer, prompts, max_new_tokens, temperature=0.0, *, top_
     finally:
         model.generation_config = saved
     return out
+
+
+def inverse_cdf(probs, u):
+    """The token of each row whose CDF interval holds u * (the row's CDF total): probs (b, V), u (b,)
+    in [0, 1) -> (b,). NOTE: a float32 cumsum may end below 1; comparing the unscaled u against it
+    would fall off the end and emit the last id whatever its probability."""
+    cdf = probs.cumsum(-1)  # (b, V)
+    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def nucleus(probs, top_p):
+    """Top-p filter: probs (b, V) with every token zeroed whose higher-probability tokens (ties:
+    the lower id first) already hold top_p of the mass; at least the top token stays. Unnormalised
+    (inverse_cdf scales by the row's total). The tokens kept are those of Hugging Face's top_p."""
+    sp, si = probs.sort(dim=-1, descending=True, stable=True)  # (b, V)
+    return probs.scatter(-1, si, sp.masked_fill(sp.cumsum(-1) - sp >= top_p, 0.0))
+
+
+def kv_cache(model, grow=128):
+    """DynamicCache(config=model.config) whose full-attention layers write each token into a buffer
+    grown `grow` positions at a time; keys / values are views of its filled part. NOTE: Hugging Face's
+    DynamicLayer concatenates at every token, a copy of the whole cache per token: 39% of a labeling
+    call's time on CPU with long prefixes (bench/bench_prm.py). Same values, so the same samples."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    class BufferedLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                self.n, self.buf = 0, None
+            n, s = self.n, key_states.shape[-2]
+            if self.buf is None or n + s > self.buf[0].shape[-2]:  # (b, heads, capacity, head_dim)
+                new = [x.new_empty(*x.shape[:-2], n + s + grow, x.shape[-1]) for x in (key_states, value_states)]
+                for b, old in zip(new, self.buf or ()):
+                    b[..., :n, :] = old[..., :n, :]
+                self.buf = new
+            self.buf[0][..., n:n + s, :], self.buf[1][..., n:n + s, :] = key_states, value_states
+            self.n = n + s
+            self.keys, self.values = (b[..., :self.n, :] for b in self.buf)
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices):
+            if self.get_seq_length() > 0:
+                self.buf = [b[indices] for b in self.buf]
+                self.keys, self.values = (b[..., :self.n, :] for b in self.buf)
+
+    cache = DynamicCache(config=model.config)
+    for layer in cache.layers:
+        if type(layer) is DynamicLayer:  # sliding-window and other layer kinds keep their own update
+            layer.__class__ = BufferedLayer
+    return cache
+
+
+@torch.no_grad()
+def sample(model, prompt_ids, prompt_mask, max_new_tokens, temperature, eos_ids, pad_id,
+           gen=None, rows=None, n_rows=None, vocab_size=None, top_p=1.0):
+    """KV-cached sampling from left-padded prompts (B, P); greedy when temperature == 0. PPO's
+    rollouts and greedy evals, and prm_train's labels (solutions and Monte-Carlo completions).
+
+    max_new_tokens: an int, or one budget per row ((B,) tensor or list). A row that reaches its own
+    budget without EOS stops there (it leaves the batch like a finished row) with finished False and
+    length = its budget. vocab_size: len(tokenizer). NOTE: Qwen2.5 pads 151,665 tokens to 151,936
+    embedding rows; ids at or past len(tokenizer) decode to nothing, so their logits are -inf (never
+    sampled). top_p < 1: nucleus sampling (`nucleus`), only when a flag asks for it (METHOD §6).
+
+    Each token draws one uniform per global row, u = rand(n_rows)[rows], and inverts the CDF: a
+    row's sample depends on its global index only, not on the rows it shares a batch with.
+    rows / n_rows default to arange(B) / B. Finished rows stop writing at once and leave the batch
+    (and KV cache) in groups. Returns responses (B, T) (pad_id after EOS), lengths (B,) with EOS
+    counted, finished (B,).
+    """
+    B, device = prompt_ids.shape[0], prompt_ids.device
+    if rows is None:
+        rows, n_rows = torch.arange(B, device=device), B if n_rows is None else n_rows
+    budgets = torch.as_tensor(max_new_tokens, dtype=torch.long, device=device).expand(B)  # (B,)
+    T = int(budgets.max()) if B else 0
+    eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
+    attn = prompt_mask.long()  # (b, P + t) grows by a column per token
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)  # (B, P)
+    cache = kv_cache(model)
+
+    def last_logits(out):  # (b, V) fp32, padding rows of the vocabulary masked
+        logits = out.logits[:, -1].float()
+        if vocab_size is not None and vocab_size < logits.shape[-1]:
+            logits[:, vocab_size:] = float("-inf")
+        return logits
+
+    logits = last_logits(model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+                               use_cache=True, logits_to_keep=1))  # (b, V)
+    out = torch.full((B, T), pad_id, dtype=torch.long, device=device)
+    lengths = budgets.clone()  # (B,) a row without EOS ends at its budget
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    active, next_pos = torch.arange(B, device=device), pos[:, -1] + 1  # (b,) rows in the batch
+    live = budgets > 0  # (b,) rows of the batch still generating
+    for t in range(T):
+        if temperature == 0:
+            tok = logits.argmax(-1)  # (b,)
+        else:
+            u = torch.rand(n_rows, generator=gen, device=device)[rows[active]]  # (b,)
+            probs = torch.softmax(logits / temperature, -1)  # (b, V)
+            tok = inverse_cdf(probs if top_p >= 1 else nucleus(probs, top_p), u)  # (b,)
+        out[active[live], t] = tok[live]
+        done = live & torch.isin(tok, eos)
+        lengths[active[done]], finished[active[done]] = t + 1, True
+        live &= ~done & (budgets[active] > t + 1)  # out of budget: stops, not finished
+        if not live.any():
+            break
+        if 4 * (~live).sum() >= len(live):  # NOTE: compact when a quarter is done (a copy of the cache)
+            keep = live.nonzero().squeeze(-1)
+            active, tok, attn, next_pos, live = active[keep], tok[keep], attn[keep], next_pos[keep], live[keep]
+            cache.batch_select_indices(keep)
+        attn = torch.cat([attn, attn.new_ones(len(active), 1)], dim=1)
+        logits = last_logits(model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None],
+                                   past_key_values=cache, use_cache=True))
+        next_pos = next_pos + 1
+    return out[:, : int(lengths.max()) if B else 0], lengths, finished
 
 
 # -----------------------------------------------------------------------------

@@ -9,9 +9,9 @@ The per-token reward of a response (METHOD §1; k1 KL inside the reward, no KL t
 Algorithm (the numbers match comments in the code)
   1. Rollout: `prompts_per_step` training questions (a seeded permutation per epoch; each rank its
      slice), prompts from common.build_prompt, `samples_per_prompt` samples each at `temperature`
-     until EOS or `max_new_tokens`, with our own KV-cached loop over left-padded prompts (finished
-     rows leave the batch). Old log-probs, reference log-probs and values: one forward pass each,
-     log-probs in fp32.
+     until EOS or `max_new_tokens`, with common.sample, our KV-cached loop over left-padded prompts
+     (finished rows leave the batch). Old log-probs, reference log-probs and values: one forward
+     pass each, log-probs in fp32.
   2. Rewards: Correct from rewards.success_rewards, 0 for a truncated response (--truncation below).
      The learned term (--reward orm | prm | clip | delta | clip_delta | prm_normed | prm_lenpen | min,
      with --eta, --delta-last, --length-penalty, --min-temperature; formulas in METHOD §2) from
@@ -98,7 +98,6 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 import common
@@ -117,7 +116,9 @@ class Config:
     orm: str = field("models/arith-orm", "ORM dir or hub id (mode orm)")
     step_tag: str = field("", "reward-model step tag ('' = saved with our checkpoints; 'ки' Math-Shepherd)")
     dataset: str = field("arith", "training questions: arith | gsm8k | math | a .jsonl path (train split)")
-    eval_dataset: str = field("", "greedy-eval set, test split ('' = --dataset)")
+    eval_dataset: str = field("", "greedy-eval set ('' = --dataset)")
+    eval_split: str = field("auto", "split of the greedy evals: auto = valid where the dataset has one "
+                            "(arith), else test; report the test split once, with evaluate.py")
     eval_limit: int = field(500, "greedy eval on the first N test problems (0 = none)")
     skip_bad: bool = field(False, "skip and count bad data rows (no question or gold, an ungradable gold, an "
                            "overlong question or prompt) instead of stopping at the first with its file:line")
@@ -396,71 +397,6 @@ def gathered(model):
             m.set_reshard_after_forward(True, recurse=False)
 
 
-def inverse_cdf(probs, u):
-    """The token of each row whose CDF interval holds u * (the row's CDF total): probs (b, V), u (b,)
-    in [0, 1) -> (b,). NOTE: a float32 cumsum may end below 1; comparing the unscaled u against it
-    would fall off the end and emit the last id whatever its probability."""
-    cdf = probs.cumsum(-1)  # (b, V)
-    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(-1).clamp(max=probs.shape[-1] - 1)
-
-
-@torch.no_grad()
-def sample(model, prompt_ids, prompt_mask, max_new_tokens, temperature, eos_ids, pad_id,
-           gen=None, rows=None, n_rows=None, vocab_size=None):
-    """KV-cached sampling from left-padded prompts (B, P); greedy when temperature == 0.
-
-    vocab_size: len(tokenizer). NOTE: Qwen2.5 pads 151,665 tokens to 151,936 embedding rows; ids at
-    or past len(tokenizer) decode to nothing, so their logits are -inf (never sampled).
-
-    Each token draws one uniform per global row, u = rand(n_rows)[rows], and inverts the CDF: a
-    row's sample depends on its global index only, not on the rows it shares a batch with.
-    Finished rows stop writing at once and leave the batch (and KV cache) in groups.
-    Returns responses (B, T) (pad_id after EOS), lengths (B,) with EOS counted, finished (B,).
-    """
-    from transformers import DynamicCache
-
-    B, device = prompt_ids.shape[0], prompt_ids.device
-    eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
-    attn = prompt_mask.long()  # (b, P + t) grows by a column per token
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)  # (B, P)
-    cache = DynamicCache(config=model.config)
-
-    def last_logits(out):  # (b, V) fp32, padding rows of the vocabulary masked
-        logits = out.logits[:, -1].float()
-        if vocab_size is not None and vocab_size < logits.shape[-1]:
-            logits[:, vocab_size:] = float("-inf")
-        return logits
-
-    logits = last_logits(model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
-                               use_cache=True, logits_to_keep=1))  # (b, V)
-    out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-    active, next_pos = torch.arange(B, device=device), pos[:, -1] + 1  # (b,) rows in the batch
-    live = torch.ones(B, dtype=torch.bool, device=device)  # (b,) rows of the batch still generating
-    for t in range(max_new_tokens):
-        if temperature == 0:
-            tok = logits.argmax(-1)  # (b,)
-        else:
-            u = torch.rand(n_rows, generator=gen, device=device)[rows[active]]  # (b,)
-            tok = inverse_cdf(torch.softmax(logits / temperature, -1), u)  # (b,)
-        out[active[live], t] = tok[live]
-        done = live & torch.isin(tok, eos)
-        lengths[active[done]], finished[active[done]] = t + 1, True
-        live &= ~done
-        if not live.any() or t + 1 == max_new_tokens:
-            break
-        if 4 * (~live).sum() >= len(live):  # NOTE: compact when a quarter is done (a copy of the cache)
-            keep = live.nonzero().squeeze(-1)
-            active, tok, attn, next_pos, live = active[keep], tok[keep], attn[keep], next_pos[keep], live[keep]
-            cache.batch_select_indices(keep)
-        attn = torch.cat([attn, attn.new_ones(len(active), 1)], dim=1)
-        logits = last_logits(model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None],
-                                   past_key_values=cache, use_cache=True))
-        next_pos = next_pos + 1
-    return out[:, : int(lengths.max())], lengths, finished
-
-
 def trim(ids, attn, P):
     """Drop columns that are padding in every row (left of the longest prompt, right of the longest
     response): (B, L) -> (B, P' + T'), and P'. Callers pad their (B, T') outputs back to T."""
@@ -486,19 +422,91 @@ def head_inputs(model):
         handle.remove()
 
 
-LOGP_CHUNK = 256  # tokens per (chunk, V) fp32 block in policy_logprobs: 156 MB at V = 151,936
+LOGP_CHUNK = 256  # tokens per (chunk, V) fp32 block in ChunkedLogprobs: 156 MB at V = 151,936
 
 
-def token_logprobs(head, h, tokens, temperature, entropy, vocab_size=None):
-    """log-probs of `tokens` (n,) and, if asked, entropies (n,; else 0) under softmax(head(h) / T),
-    the sampling distribution, in fp32; h (n, H). vocab_size: len(tokenizer); the embedding's
-    padding rows past it are left out, as the sampler never emits them."""
-    logits = head(h)[:, :vocab_size].float() / temperature  # (n, V)
-    lse = logits.logsumexp(-1)  # (n,)
-    logp = logits.gather(-1, tokens[:, None]).squeeze(-1) - lse  # (n,)
+def token_logprobs(z, tokens, entropy):
+    """From fp32 logits z (c, V), already divided by T: log-probs of `tokens` (c,), lse = log sum_j
+    exp z_j (c,) and, if asked, entropies (c,; else 0). log p_j = z_j - lse; H = lse - E_p[z]."""
+    lse = z.logsumexp(-1)  # (c,)
+    logp = z.gather(-1, tokens[:, None]).squeeze(-1) - lse  # (c,)
     if not entropy:
-        return logp, torch.zeros_like(logp)
-    return logp, lse - (logits.softmax(-1) * logits).sum(-1)  # H = log Z - E_p[logits]
+        return logp, lse, torch.zeros_like(logp)
+    p = z.sub(lse[:, None]).exp_()  # (c, V) softmax(z)
+    return logp, lse, lse - p.mul_(z).sum(-1)
+
+
+class ChunkedLogprobs(torch.autograd.Function):
+    """Fused output head + log-softmax: log-probs of `tokens` (n,) and entropies (n,; 0 unless
+    `entropy`) under p = softmax(z), z = (h @ W[:vocab_size].T + b) / T, the sampling distribution,
+    in fp32; h (n, H), head weight W (V, H), bias b (V,) or None. vocab_size: len(tokenizer); the
+    embedding's padding rows past it are left out, as the sampler never emits them.
+
+    Both passes make z one chunk of rows at a time and drop it; autograd keeps only h, W, b, tokens
+    and two (n,) vectors, lse and H. The backward recomputes z and p, then, as d logp/dz_j =
+    onehot_j - p_j and dH/dz_j = -p_j (z_j - E_p[z]) with E_p[z] = lse - H:
+        dz = g_logp (onehot - p) - g_H p (z - lse + H),  dlogits = dz / T,
+        grad_h = dlogits @ W,  grad_W = dlogits.T @ h,  grad_b = dlogits.sum(0).
+    Matmuls run in the autocast dtype when autocast is on (as the head would), else in W's dtype;
+    the softmax in fp32 (fp64 for a float64 head, as in the gradient test); in place, at most two
+    (chunk, V) fp32 buffers live at once.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, tokens, chunk, temperature=1.0, entropy=False, vocab_size=None):
+        dev = h.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else weight.dtype
+        acc = torch.promote_types(dt, torch.float32)  # the softmax's dtype
+        logp, lse, ent = (torch.empty(len(h), dtype=acc, device=h.device) for _ in range(3))  # (n,)
+        with torch.autocast(dev, enabled=False):
+            w, b = weight[:vocab_size].to(dt), None if bias is None else bias[:vocab_size].to(dt)  # (V, H), (V,)
+            for i in range(0, len(h), chunk):
+                z = F.linear(h[i:i + chunk].to(dt), w, b).to(acc).div_(temperature)  # (c, V)
+                logp[i:i + chunk], lse[i:i + chunk], ent[i:i + chunk] = token_logprobs(z, tokens[i:i + chunk], entropy)
+        ctx.save_for_backward(h, weight, bias, tokens, lse, ent)
+        ctx.args = chunk, temperature, entropy, vocab_size, dt, acc
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None
+        return logp, ent
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_logp, g_ent):
+        h, weight, bias, tokens, lse, ent = ctx.saved_tensors
+        chunk, temperature, entropy, vocab_size, dt, acc = ctx.args
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        if g_logp is None and (g_ent is None or not entropy) or not (need_h or need_w or need_b):
+            return (None,) * 8
+        a = torch.zeros_like(lse) if g_logp is None else g_logp / temperature  # (n,) g_logp / T
+        bt = None if g_ent is None or not entropy else g_ent / temperature  # (n,) g_H / T
+        grad_h = torch.empty_like(h) if need_h else None  # (n, H)
+        grad_w = torch.zeros_like(weight) if need_w else None  # (V_rows, H); padding rows stay 0
+        grad_b = torch.zeros_like(bias) if need_b else None
+        with torch.autocast(h.device.type, enabled=False):
+            w, b = weight[:vocab_size].to(dt), None if bias is None else bias[:vocab_size].to(dt)
+            V = len(w)
+            for i in range(0, len(h), chunk):
+                s = slice(i, i + chunk)
+                hc = h[s].to(dt)  # (c, H)
+                z = F.linear(hc, w, b).to(acc).div_(temperature)  # (c, V), as in the forward
+                p = z.sub(lse[s, None]).exp_()  # (c, V) softmax
+                if bt is None:  # dz / T = a onehot - a p
+                    p.mul_(-a[s, None])
+                else:  # dz / T = a onehot - p (a + bt (z - lse + H)): z becomes -(a + bt (z - lse + H))
+                    torch.addcmul((bt[s] * (lse[s] - ent[s]) - a[s])[:, None], z, -bt[s, None], out=z)
+                    p.mul_(z)
+                del z
+                p.scatter_add_(-1, tokens[s, None], a[s, None])  # + a onehot: p is now dlogits (c, V)
+                dl = p.to(dt)
+                if need_h:
+                    grad_h[s] = dl @ w  # (c, H)
+                if need_w and grad_w.dtype == dt:
+                    grad_w[:V].addmm_(dl.T, hc)  # (V, H) += (V, c) @ (c, H), in place
+                elif need_w:  # autocast: a (V, H) product in dt per chunk, summed in W's dtype
+                    grad_w[:V] += dl.T @ hc
+                if need_b:
+                    grad_b[:V] += dl.sum(0)
+                del p, dl
+        return grad_h, grad_w, grad_b, None, None, None, None, None
 
 
 def policy_logprobs(model, ids, attn, P, temperature, entropy=False, vocab_size=None):
@@ -509,8 +517,8 @@ def policy_logprobs(model, ids, attn, P, temperature, entropy=False, vocab_size=
     NOTE: memory. Full-vocabulary fp32 logits and log-softmax for the whole batch would cost about
     five (B, T, V) fp32 tensors in forward + backward (6 GB at V = 151,936, B x T = 4 x 512). We keep
     the final hidden states (n, H) of the n response tokens and run the head and the softmax on
-    LOGP_CHUNK tokens at a time; with gradients on, torch.utils.checkpoint recomputes each chunk in
-    the backward, so no (chunk, V) tensor outlives its chunk (bench/bench_logprobs.py).
+    LOGP_CHUNK tokens at a time in ChunkedLogprobs, whose backward recomputes each chunk's logits and
+    softmax itself, so no (chunk, V) tensor outlives its chunk (bench/bench_logprobs.py).
     """
     from torch.distributed.fsdp import FSDPModule
 
@@ -525,17 +533,15 @@ def policy_logprobs(model, ids, attn, P, temperature, entropy=False, vocab_size=
     fsdp = isinstance(model, FSDPModule)
     if fsdp:  # NOTE: the root may have resharded after its forward; the head runs after it, and again
         model.unshard()  # in the backward, whose final callback reduce-scatters its gradient and reshards
-    chunk = functools.partial(token_logprobs, model.get_output_embeddings(),
-                              temperature=max(temperature, 1e-6), entropy=entropy, vocab_size=vocab_size)
-    logp, ent = [], []
-    for hc, tc in zip(h.split(LOGP_CHUNK), tokens.split(LOGP_CHUNK)):  # (c, H), (c,)
-        lp, en = checkpoint(chunk, hc, tc, use_reentrant=False) if torch.is_grad_enabled() else chunk(hc, tc)
-        logp.append(lp), ent.append(en)
+    head = model.get_output_embeddings()  # under FSDP2, now holding the unsharded weight
+    logp, ent = ChunkedLogprobs.apply(h, head.weight, head.bias, tokens, LOGP_CHUNK,  # (n,) each
+                                      temperature=max(temperature, 1e-6), entropy=entropy,
+                                      vocab_size=vocab_size)
     if fsdp and not torch.is_grad_enabled():  # no backward will reshard it
         model.reshard()
 
     def per_row(x):  # (n,) -> (B, T), 0 off the response tokens
-        return F.pad(torch.zeros(B, t, device=h.device).masked_scatter(keep, torch.cat(x)), (0, T - t))
+        return F.pad(torch.zeros(B, t, device=h.device).masked_scatter(keep, x), (0, T - t))
 
     return (per_row(logp), per_row(ent)) if entropy else per_row(logp)
 
@@ -584,8 +590,8 @@ def rollout(policy, ref, critic, tok, eos_ids, questions, cfg, rt, step):
     policy.eval(), critic.eval()
     t0 = time.time()
     with gathered(policy), rt.amp:
-        resp, lengths, finished = sample(policy, prompt_ids, prompt_mask, cfg.max_new_tokens, cfg.temperature,
-                                         eos_ids, tok.pad_token_id, gen, rows, rt.n_rows, len(tok))  # (B, T)
+        resp, lengths, finished = common.sample(policy, prompt_ids, prompt_mask, cfg.max_new_tokens, cfg.temperature,
+                                                eos_ids, tok.pad_token_id, gen, rows, rt.n_rows, len(tok))  # (B, T)
     t1 = time.time()
     T, P = resp.shape[1], prompt_ids.shape[1]
     mask = torch.arange(T, device=rt.device)[None] < lengths[:, None]  # (B, T) response_mask, EOS included
@@ -676,8 +682,8 @@ def greedy_accuracy(policy, tok, eos_ids, problems, cfg, rt):
         for i in range(0, len(mine), rt.B):
             chunk = mine[i:i + rt.B]
             ids, mask = encode(tok, [p["question"] for p in chunk], rt.device, cfg.prompt)
-            resp, lengths, fin = sample(policy, ids, mask, cfg.max_new_tokens, 0.0, eos_ids, tok.pad_token_id,
-                                        vocab_size=len(tok))
+            resp, lengths, fin = common.sample(policy, ids, mask, cfg.max_new_tokens, 0.0, eos_ids, tok.pad_token_id,
+                                               vocab_size=len(tok))
             correct += sum(rewards.success_rewards(decode(tok, resp, lengths)[1], [p["answer"] for p in chunk],
                                                    fin.tolist(), cfg.grade_workers))
     s = all_sum(torch.tensor([correct, float(len(mine))], device=rt.device))
@@ -807,7 +813,7 @@ def load_optimizers(ckpt, models, optims, master):
 # Flags --resume may change: how long, how often to evaluate / save / print, where and how to run.
 # Any other flag given with a value unlike the saved one would change what the run is (e.g. a new
 # --policy swaps the KL reference mid-run) and is refused.
-RESUME_SAFE = {"steps", "eval_every", "save_every", "sample_every", "eval_limit", "eval_dataset", "wandb",
+RESUME_SAFE = {"steps", "eval_every", "save_every", "sample_every", "eval_limit", "eval_dataset", "eval_split", "wandb",
                "grade_workers", "device", "micro_batch_size", "grad_ckpt", "fsdp", "out_dir", "resume", "overwrite"}
 META_KEYS = {"config", "step", "data_position", "metrics", "files"}
 
@@ -911,12 +917,14 @@ def load_data(cfg):
     draws it."""
     try:
         problems = common.load_problems(cfg.dataset, "train", skip_bad=cfg.skip_bad)
-        eval_problems = common.load_problems(cfg.eval_dataset or cfg.dataset, "test", limit=cfg.eval_limit,
+        eval_set = cfg.eval_dataset or cfg.dataset
+        split = common.eval_split(eval_set, cfg.eval_split)
+        eval_problems = common.load_problems(eval_set, split, limit=cfg.eval_limit,
                                              skip_bad=cfg.skip_bad) if cfg.eval_limit else []
     except (OSError, ValueError) as e:
         raise common.RunError(str(e)) from None
     common.require(problems, f"no training problems in {cfg.dataset!r} (train split)")
-    print0(f"data: {len(problems)} train / {len(eval_problems)} eval problems; reward {cfg.reward}")
+    print0(f"data: {len(problems)} train / {len(eval_problems)} eval problems ({split} split); reward {cfg.reward}")
     return problems, eval_problems
 
 

@@ -26,11 +26,14 @@ data/math_shepherd/prepare.py convert the public data sets to it; --data reads o
 Algorithm
   1. Label (skipped with --data): Math-Shepherd Monte-Carlo labels, resumable. For chunks of
      `label_chunk` problems (the unit of resume):
-     a. sample `samples_per_problem` solutions per problem from --policy at `temperature`, batched;
+     a. sample `samples_per_problem` solutions per problem from --policy at `temperature`, batched
+        (every sample of stage 1 comes from common.sample, the KV-cached sampler of ppo.py's
+        rollouts: plain softmax, a budget per row, finished rows leave the batch; see sample_n);
      b. split each into steps (METHOD §3); every step but the last gives a prefix
         = prompt + response up to the end of step k + separator;
      c. sample `completions` continuations of every prefix: a whole batch of prefixes goes through
-        ONE generate call (each prefix `completions` times; about gen_batch sequences);
+        ONE sampler call (each prefix `completions` times; about gen_batch sequences; longest
+        prefixes first; each row's budget is max_new_tokens minus its prefix's response tokens);
      d. soft label of step k = fraction of rollouts from its prefix that end (EOS) with the gold
         answer; hard label = soft > 0 ("some completion reaches the gold", Math-Shepherd). The last
         step's label is the solution's own correctness, which is also the ORM label. Correct
@@ -148,7 +151,7 @@ class Config:
     temperature: float = field(1.0, "sampling temperature for solutions and completions")
     top_p: float = field(1.0, "nucleus sampling for solutions and completions (1.0 = off)")
     max_new_tokens: int = field(160, "response budget in tokens; a rollout without EOS within it is wrong (METHOD §4)")
-    gen_batch: int = field(256, "sequences per generate call (prefixes x completions)")
+    gen_batch: int = field(256, "sequences per sampler call (prefixes x completions)")
     label_chunk: int = field(32, "problems per chunk, the unit written to the JSONL and resumed")
     # training
     soft_labels: bool = field(False, "BCE targets: the soft labels instead of hard 0/1 (label > 0)")
@@ -359,25 +362,40 @@ def drop_partial_problems(path, rows, samples_per_problem):
 # 1. automatic labels (Math-Shepherd Monte-Carlo completions)
 
 def sample_n(model, tokenizer, texts, n, budgets, temperature, top_p):
-    """n sampled continuations of every text in ONE common.generate call (left-padded batch).
+    """n sampled continuations of every text in ONE common.sample call (a left-padded batch).
 
-    budgets[i]: max new tokens for text i. Returns len(texts) * n tuples (token ids without EOS,
+    budgets[i]: max new tokens for text i, per row: a row stops at its own budget or EOS and leaves
+    the batch (and KV cache) at once, unlike Hugging Face generate, which keeps finished rows and
+    runs to the longest budget (README, bench/bench_prm.py). Plain softmax at `temperature`; top_p
+    < 1 is nucleus sampling (common.nucleus). Returns len(texts) * n tuples (token ids without EOS,
     finished) in repeat_interleave order (text 0's n samples first), and the generated-token count
-    (up to and including EOS). NOTE: each text repeated n times in a row is exactly how generate's
-    num_return_sequences expands a batch, so the draws are those of such a call (sort=False keeps
-    the order).
+    (up to and including EOS). The noise comes from a generator seeded by one draw of torch's global
+    RNG, so the samples are a function of torch.manual_seed (prm_train seeds it per chunk), and a
+    row's draws depend on its index in the call only (common.sample).
     """
-    prompts = [t for t in texts for _ in range(n)]
-    gens = common.generate(model, tokenizer, prompts, [b for b in budgets for _ in range(n)], temperature,
-                           top_p=top_p, batch_size=max(1, len(prompts)), sort=False)
-    out = [(g.tokens[:-1] if g.finished else g.tokens, g.finished) for g in gens]
-    return out, sum(len(g.tokens) for g in gens)
+    eos = sorted(common.model_eos_ids(model, tokenizer))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts for _ in range(n)]
+    B, P, device = len(ids), max(len(x) for x in ids), next(model.parameters()).device
+    x = torch.full((B, P), pad_id, dtype=torch.long)  # (B, P) left-padded
+    attn = torch.zeros((B, P), dtype=torch.long)
+    for i, row in enumerate(ids):
+        x[i, P - len(row):], attn[i, P - len(row):] = torch.tensor(row, dtype=torch.long), 1
+    gen = torch.Generator(device=device).manual_seed(int(torch.randint(2 ** 62, ())))
+    model.eval()
+    resp, lengths, finished = common.sample(model, x.to(device), attn.to(device),
+                                            [b for b in budgets for _ in range(n)], temperature, eos, pad_id,
+                                            gen, vocab_size=len(tokenizer), top_p=top_p)
+    out = [(resp[i, :n_i - fin].tolist(), bool(fin))
+           for i, (n_i, fin) in enumerate(zip(lengths.tolist(), finished.tolist()))]
+    return out, int(lengths.sum())
 
 
 def label_problems(model, tokenizer, problems, samples_per_problem, completions, temperature, top_p,
                    max_new_tokens, gen_batch, step_sep, include_self, bar=None, mc_correct=True,
                    prompt="auto"):
-    """Steps 1a-1d for a list of problems -> (records, stats). Everything is batched generate;
+    """Steps 1a-1d for a list of problems -> (records, stats). Every sample is one batched sample_n
+    call (common.sample); stats: gen_tokens (up to and including EOS), gen_s, gen_calls, rollouts;
     correctness is rewards.success_rewards (a rollout without EOS is wrong, METHOD §4).
 
     mc_correct=False skips the rollouts of correct solutions: with include_self each of their prefixes
@@ -420,7 +438,7 @@ def label_problems(model, tokenizer, problems, samples_per_problem, completions,
     if bar is not None:
         bar.total = (bar.total or 0) + len(jobs)
         bar.refresh()
-    # 1c. N completions per prefix, a batch of prefixes per generate call (longest first: less padding)
+    # 1c. N completions per prefix, a batch of prefixes per sampler call (longest first: less padding)
     hits = {}
     order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i][2]))
     per_call = max(1, gen_batch // completions)

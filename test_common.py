@@ -361,6 +361,97 @@ def test_generate_eos_ends_the_response_and_budgets_cut(model_tok):
         assert g == ((f[:f.index(eos) + 1], True) if eos in f else (f, False))
 
 
+# common.sample: the KV-cached sampler (ppo.py's rollouts, prm_train.py's labels)
+
+def left_pad(ids, pad_id):
+    """Token-id lists -> left-padded (B, P) ids and attention mask."""
+    P = max(len(x) for x in ids)
+    x, attn = torch.full((len(ids), P), pad_id), torch.zeros((len(ids), P), dtype=torch.long)
+    for i, row in enumerate(ids):
+        x[i, P - len(row):], attn[i, P - len(row):] = torch.tensor(row), 1
+    return x, attn
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sample_draws_one_uniform_per_global_row_and_token_with_row_budgets(model_tok, temperature):
+    """common.sample (KV cache, left padding, rows leaving the batch at their own budgets) against the
+    naive loop: token t of the row with global index r inverts the CDF of softmax(logits / T) at
+    U[t, r], U[t] = rand(n_rows) from the generator. A row cut at its budget is not finished, its
+    length is the budget, and pad follows it."""
+    model, tok = model_tok
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS] * 2  # (6 rows)
+    budgets, rows, n_rows = [12, 5, 12, 3, 9, 12], torch.tensor([7, 1, 4, 0, 9, 2]), 10
+    x, attn = left_pad(ids, tok.pad_token_id)
+    out, lengths, fin = common.sample(model, x, attn, torch.tensor(budgets), temperature, set(), tok.pad_token_id,
+                                      torch.Generator().manual_seed(3), rows, n_rows)
+    g = torch.Generator().manual_seed(3)
+    U = torch.stack([torch.rand(n_rows, generator=g) for _ in range(max(budgets))])  # (T, n_rows)
+    assert out.shape == (6, 12) and lengths.tolist() == budgets and not fin.any()
+    for b, (row, budget) in enumerate(zip(ids, budgets)):
+        t = iter(range(budget))
+        u = U[:, rows[b]]  # (T,) this row's uniforms
+        want = naive_decode(model, row, budget, lambda lg: common.inverse_cdf(torch.softmax(lg / temperature, -1),
+                                                                              u[next(t)][None]))
+        assert out[b, :budget].tolist() == want and (out[b, budget:] == tok.pad_token_id).all(), b
+
+
+def test_sample_row_budget_and_eos(model_tok):
+    """Greedy, budgets [10, 3, 10]: row 0 ends at its first EOS (finished, EOS counted); row 1 has
+    no EOS in its first 3 tokens and stops there (length 3, not finished); an int budget is every
+    row's; the results equal common.generate's."""
+    model, tok = model_tok
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    full = [naive_decode(model, x, 10, greedy) for x in ids]
+    eos = next(t for t in full[0][2:] if t not in full[1][:3])  # row 0 ends at it, row 1 not within 3
+    x, attn = left_pad(ids, tok.pad_token_id)
+    out, lengths, fin = common.sample(model, x, attn, [10, 3, 10], 0.0, {eos}, tok.pad_token_id)
+    end = full[0].index(eos) + 1
+    assert (lengths[0], fin[0]) == (end, True) and out[0, :end].tolist() == full[0][:end]
+    assert (lengths[1], fin[1]) == (3, False) and out[1, :3].tolist() == full[1][:3]
+    assert (out[1, 3:] == tok.pad_token_id).all()
+    gens = common.generate(model, tok, ids, [10, 3, 10], eos_ids={eos}, sort=False)
+    assert [(out[b, :n].tolist(), bool(f)) for b, (n, f) in enumerate(zip(lengths, fin))] == gens
+    same, Ls, fs = common.sample(model, x, attn, 10, 0.0, {eos}, tok.pad_token_id)
+    assert Ls[0] == end and fs[0] and same[2, :Ls[2]].tolist() == out[2, :lengths[2]].tolist()
+
+
+def test_sampled_row_alone_equals_the_row_in_a_batch(model_tok):
+    """A row's tokens, length and finished flag depend on its global index only: the same row alone
+    (no padding, no other rows leaving the batch) samples the same; EOS and budgets mixed."""
+    model, tok = model_tok
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS] * 2
+    budgets, pad = [14, 4, 14, 9, 14, 6], tok.pad_token_id
+    x, attn = left_pad(ids, pad)
+    free, _, _ = common.sample(model, x, attn, budgets, 1.0, set(), pad, torch.Generator().manual_seed(5))
+    sampled = torch.cat([free[b, 1:budgets[b]] for b in range(len(ids))])
+    eos = int(sampled.mode().values)  # a token the rows do sample: some finish early
+    out, lengths, fin = common.sample(model, x, attn, budgets, 1.0, {eos}, pad, torch.Generator().manual_seed(5))
+    assert fin.any() and not fin.all()
+    for b in range(len(ids)):
+        one, n, f = common.sample(model, *left_pad([ids[b]], pad), [budgets[b]], 1.0, {eos}, pad,
+                                  torch.Generator().manual_seed(5), torch.tensor([b]), len(ids))
+        assert (int(n[0]), bool(f[0])) == (int(lengths[b]), bool(fin[b]))
+        assert one[0, :n[0]].tolist() == out[b, :lengths[b]].tolist(), b
+
+
+def test_nucleus_keeps_hugging_face_top_p_tokens(model_tok):
+    """common.nucleus keeps the tokens Hugging Face's top_p keeps (and zeroes the rest); at a tiny
+    top_p, sampling is greedy."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    logits = torch.randn(64, 50, generator=torch.Generator().manual_seed(0)) * 2  # (b, V)
+    for top_p in (0.05, 0.3, 0.8, 0.95):
+        kept = common.nucleus(torch.softmax(logits, -1), top_p) > 0
+        assert torch.equal(kept, TopPLogitsWarper(top_p)(None, logits.clone()) > float("-inf")), top_p
+    model, tok = model_tok
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    x, attn = left_pad(ids, tok.pad_token_id)
+    greedy_out = common.sample(model, x, attn, 8, 0.0, set(), tok.pad_token_id)[0]
+    top1 = common.sample(model, x, attn, 8, 1.0, set(), tok.pad_token_id, torch.Generator().manual_seed(0),
+                         top_p=1e-6)[0]
+    assert torch.equal(top1, greedy_out)
+
+
 # -----------------------------------------------------------------------------
 # 6. metrics.jsonl
 

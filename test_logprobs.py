@@ -1,8 +1,8 @@
 """Tests for the chunked log-probs of ppo.policy_logprobs (values, entropies and gradients against
 the naive full-vocabulary log_softmax; nothing of size (tokens, V) kept for the backward) and for
-how every stage samples (docs/METHOD.md §5): sft's accuracy, prm_train's labeling and evaluate's
-responses go through common.generate and sample the plain softmax, whatever the checkpoint's
-generation_config says."""
+how every stage samples (docs/METHOD.md §6): sft's accuracy and evaluate's responses go through
+common.generate, prm_train's labeling through common.sample, and all sample the plain softmax,
+whatever the checkpoint's generation_config says."""
 
 import pytest
 import torch
@@ -81,8 +81,8 @@ def test_chunked_logprobs_entropy_and_gradients_match_full_log_softmax(policy, m
 
 def test_backward_keeps_no_vocabulary_wide_tensor(policy, monkeypatch):
     """The memory claim on CPU: autograd saves no (tokens, V) tensor for the backward; each chunk's
-    are recomputed there (the old code saved the full (B, T, V) log-softmax; without the
-    checkpoint every chunk's would stay). bench/bench_logprobs.py measures the bytes."""
+    are recomputed there by ppo.ChunkedLogprobs (the old code saved the full (B, T, V)
+    log-softmax). bench/bench_logprobs.py measures the bytes."""
     model, tok = policy
     monkeypatch.setattr(ppo, "LOGP_CHUNK", 4)
     ids, attn, P, mask = ragged_batch(tok, [9, 8, 9])
@@ -99,6 +99,69 @@ def test_backward_keeps_no_vocabulary_wide_tensor(policy, monkeypatch):
     ((logp + ent) * mask).sum().backward()
     assert model.config.hidden_size != V and saved
     assert not [s for s in saved if s[-1] == V], saved
+
+
+def naive_head_logprobs(h, W, b, tokens, T, vocab_size):
+    """The full log_softmax over the first vocab_size logits: (n,) log-probs and entropies."""
+    lp = torch.log_softmax(torch.nn.functional.linear(h, W[:vocab_size], None if b is None else b[:vocab_size]) / T, -1)
+    return lp.gather(-1, tokens[:, None]).squeeze(-1), -(lp.exp() * lp).sum(-1)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_head_gradients_match_naive_in_float64(bias):
+    """ChunkedLogprobs' hand-written backward (float64, chunks of 2 rows, a padding row past
+    vocab_size) against autograd through the naive log_softmax and against finite differences:
+    a weighted sum of log-probs and entropies, then log-probs alone (the entropy's gradient None)."""
+    g = torch.Generator().manual_seed(0)
+    n, H, V, vocab_size, T = 5, 4, 7, 6, 0.7
+    h = torch.randn(n, H, generator=g, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(V, H, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(V, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+    tokens = torch.randint(0, vocab_size, (n,), generator=g)
+    w_logp, w_ent = torch.randn(n, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
+    inputs = [x for x in (h, W, b) if x is not None]
+
+    def fused(entropy):
+        return ppo.ChunkedLogprobs.apply(h, W, b, tokens, 2, T, entropy, vocab_size)
+
+    logp, ent = fused(True)
+    ref_logp, ref_ent = naive_head_logprobs(h, W, b, tokens, T, vocab_size)
+    assert logp.dtype == torch.float64
+    assert torch.allclose(logp, ref_logp, atol=1e-12) and torch.allclose(ent, ref_ent, atol=1e-12)
+    got = torch.autograd.grad((w_logp * logp + w_ent * ent).sum(), inputs)
+    want = torch.autograd.grad((w_logp * ref_logp + w_ent * ref_ent).sum(), inputs)
+    assert all(torch.allclose(x, y, atol=1e-12) for x, y in zip(got, want))
+    assert (got[1][vocab_size:] == 0).all()  # the padding row gets no gradient
+
+    for entropy in (True, False):  # log-probs only, whether or not the entropy was computed
+        got = torch.autograd.grad((w_logp * fused(entropy)[0]).sum(), inputs)
+        want = torch.autograd.grad((w_logp * naive_head_logprobs(h, W, b, tokens, T, vocab_size)[0]).sum(), inputs)
+        assert all(torch.allclose(x, y, atol=1e-12) for x, y in zip(got, want))
+    got = torch.autograd.grad((w_ent * fused(True)[1]).sum(), inputs)  # entropy only
+    want = torch.autograd.grad((w_ent * naive_head_logprobs(h, W, b, tokens, T, vocab_size)[1]).sum(), inputs)
+    assert all(torch.allclose(x, y, atol=1e-12) for x, y in zip(got, want))
+    assert torch.autograd.gradcheck(lambda *x: ppo.ChunkedLogprobs.apply(*x, tokens, 2, T, True, vocab_size),
+                                    (h, W, b))
+
+
+def test_fused_head_grad_only_where_needed_and_tied_weights():
+    """Only the inputs that need it get a gradient; a head tied to the input embedding gets the sum
+    of both uses' gradients (autograd accumulates into the one Parameter)."""
+    g = torch.Generator().manual_seed(1)
+    emb = torch.nn.Embedding(7, 4, dtype=torch.float64)
+    h0, tokens = torch.randint(0, 7, (5,), generator=g), torch.randint(0, 6, (5,), generator=g)
+    logp, ent = ppo.ChunkedLogprobs.apply(emb(h0), emb.weight, None, tokens, 2, 0.7, True, 6)
+    (logp.sum() + ent.sum()).backward()
+    want_emb = emb.weight.detach().clone().requires_grad_()
+    lp, en = naive_head_logprobs(torch.nn.functional.embedding(h0, want_emb), want_emb, None, tokens, 0.7, 6)
+    (lp.sum() + en.sum()).backward()
+    assert torch.allclose(emb.weight.grad, want_emb.grad, atol=1e-12)
+
+    h = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(7, 4, generator=g, dtype=torch.float64)  # frozen head
+    logp, _ = ppo.ChunkedLogprobs.apply(h, W, None, tokens, 2, 0.7, False, 6)
+    logp.sum().backward()
+    assert h.grad is not None and W.grad is None
 
 
 # -----------------------------------------------------------------------------
@@ -197,18 +260,34 @@ def test_sft_accuracy_samples_the_plain_softmax(poisoned, only_common_generate, 
                                         for c in only_common_generate)
 
 
-def test_prm_labeling_samples_the_plain_softmax(poisoned, only_common_generate):
+def test_prm_labeling_samples_the_plain_softmax(poisoned, monkeypatch):
+    """prm_train's labels come from common.sample, never model.generate (so never the checkpoint's
+    generation_config): the solutions (step 1a, the first sampler call) are the plain-softmax loop
+    that inverts each row's CDF at U[t, row], U[t] = rand(rows) from a generator seeded by one draw
+    of torch's global RNG."""
     model, tok = poisoned
     problem = {"question": QUESTIONS[1], "answer": "2799"}
     cfg = prm_train.Config()
+    calls, real_sample = [], common.sample
+    monkeypatch.setattr(common, "sample", lambda *a, **k: calls.append(k) or real_sample(*a, **k))
+    monkeypatch.setattr(model, "generate", lambda *a, **k: pytest.fail("model.generate called"))
     torch.manual_seed(7)
     records, stats = prm_train.label_problems(model, tok, [problem], 4, 2, 0.7, cfg.top_p, 12, 64, "\n", True)
-    torch.manual_seed(7)  # step 1a, the solutions: the first generate call
-    want = plain_softmax(model, tok, common.build_prompt(tok, problem["question"]), 4, 12, 0.7)
+    torch.manual_seed(7)
+    g = torch.Generator().manual_seed(int(torch.randint(2 ** 62, ())))
+    U = torch.stack([torch.rand(4, generator=g) for _ in range(12)])  # (T, rows)
+    ids = torch.tensor([tok(common.build_prompt(tok, problem["question"]), add_special_tokens=False)["input_ids"]] * 4)
+    with torch.no_grad():
+        for t in range(12):  # one full forward per token, no cache
+            probs = torch.softmax(model(input_ids=ids).logits[:, -1].float() / 0.7, -1)  # (4, V)
+            ids = torch.cat([ids, common.inverse_cdf(probs, U[t])[:, None]], 1)
+    eos, want = common.model_eos_ids(model, tok), []
+    for row in ids[:, -12:].tolist():
+        end = next((t for t, x in enumerate(row) if x in eos), None)
+        want.append((row, False) if end is None else (row[:end], True))
     assert [(r["response"], r["finished"]) for r in records] == [
-        (tok.decode(t[:-1] if f else t, skip_special_tokens=True), f) for t, f in want]
-    assert len(only_common_generate) == stats["gen_calls"]
-    assert all(c["top_p"] == 1.0 and c.get("top_k", 0) == 0 for c in only_common_generate)
+        (tok.decode(t, skip_special_tokens=True), f) for t, f in want]
+    assert len(calls) == stats["gen_calls"] and all(c["top_p"] == 1.0 for c in calls)
 
 
 def test_evaluate_samples_the_plain_softmax(poisoned, only_common_generate):

@@ -208,7 +208,7 @@ def tiny_policy(tiny_model_dir):
 def test_greedy_sample_matches_generate_with_left_padding(tiny_policy):
     model, tok = tiny_policy
     ids, mask = ppo.encode(tok, ["Compute 1 + 2.", "Compute 10 - 200 + 3000 - 4."], "cpu")
-    out, lengths, fin = ppo.sample(model, ids, mask, 12, 0.0, {tok.eos_token_id}, tok.pad_token_id)
+    out, lengths, fin = common.sample(model, ids, mask, 12, 0.0, {tok.eos_token_id}, tok.pad_token_id)
     ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[:, ids.shape[1]:]
     for b in range(2):
@@ -220,11 +220,11 @@ def test_sampled_row_depends_only_on_its_global_index(tiny_policy):
     model, tok = tiny_policy
     qs = ["Compute 1 + 2.", "Compute 33 - 4 + 5.", "Compute 7 + 8 + 9 + 10.", "Compute 5 - 6."]
     ids, mask = ppo.encode(tok, qs, "cpu")
-    full, Lf, _ = ppo.sample(model, ids, mask, 16, 1.0, {tok.eos_token_id}, tok.pad_token_id,
-                             torch.Generator().manual_seed(5), torch.arange(4), 4)
+    full, Lf, _ = common.sample(model, ids, mask, 16, 1.0, {tok.eos_token_id}, tok.pad_token_id,
+                                torch.Generator().manual_seed(5), torch.arange(4), 4)
     ids2, mask2 = ppo.encode(tok, qs[2:], "cpu")  # rows 2, 3 alone, as rank 1 of 2 would hold them
-    half, Lh, _ = ppo.sample(model, ids2, mask2, 16, 1.0, {tok.eos_token_id}, tok.pad_token_id,
-                             torch.Generator().manual_seed(5), torch.arange(2) + 2, 4)
+    half, Lh, _ = common.sample(model, ids2, mask2, 16, 1.0, {tok.eos_token_id}, tok.pad_token_id,
+                                torch.Generator().manual_seed(5), torch.arange(2) + 2, 4)
     for b in range(2):
         assert Lh[b] == Lf[b + 2] and half[b, :Lh[b]].tolist() == full[b + 2, :Lf[b + 2]].tolist()
 
@@ -235,7 +235,7 @@ def test_inverse_cdf_never_falls_off_a_cdf_that_ends_below_one():
     probs = torch.tensor([0.25, 0.0, 0.5, 0.25 - 2 ** -20, 0.0])  # (V,)
     assert probs.cumsum(-1)[-1] < 1 - 2 ** -24
     us = [0.0, 0.1, 0.3, 0.6, 0.8, 0.9999, 1 - 2 ** -24]
-    tok = ppo.inverse_cdf(probs.expand(len(us), -1), torch.tensor(us))
+    tok = common.inverse_cdf(probs.expand(len(us), -1), torch.tensor(us))
     total = sum(probs.tolist())
     for u, k in zip(us, tok.tolist()):  # naive inverse CDF of the normalised probabilities
         acc, want = 0.0, None
@@ -245,7 +245,7 @@ def test_inverse_cdf_never_falls_off_a_cdf_that_ends_below_one():
                 want = i
         assert k == want and probs[k] > 0, (u, k)
     torch.manual_seed(0)
-    many = ppo.inverse_cdf(probs.expand(20000, -1), torch.rand(20000))
+    many = common.inverse_cdf(probs.expand(20000, -1), torch.rand(20000))
     assert probs[many].min() > 0
 
 
@@ -273,8 +273,8 @@ def test_logprobs_and_values_do_not_depend_on_padding(tiny_policy, tiny_model_di
     critic = AutoModelForTokenClassification.from_pretrained(tiny_model_dir, num_labels=1).eval()
     qs = ["Compute 1 + 2.", "Compute 10 - 200 + 3000 - 4.", "Compute 5 - 6 + 7."]
     ids, mask = ppo.encode(tok, qs, "cpu")
-    resp, lengths, _ = ppo.sample(model, ids, mask, 10, 1.0, {tok.eos_token_id}, tok.pad_token_id,
-                                  torch.Generator().manual_seed(1), torch.arange(3), 3)
+    resp, lengths, _ = common.sample(model, ids, mask, 10, 1.0, {tok.eos_token_id}, tok.pad_token_id,
+                                     torch.Generator().manual_seed(1), torch.arange(3), 3)
     lengths = torch.tensor([10, 4, 7])  # ragged responses, as if rows 1 and 2 had ended early
     rmask = torch.arange(resp.shape[1])[None] < lengths[:, None]
     full, attn, P = torch.cat([ids, resp], 1), torch.cat([mask, rmask.long()], 1), ids.shape[1]
@@ -294,10 +294,10 @@ def test_logprobs_and_values_do_not_depend_on_padding(tiny_policy, tiny_model_di
 def test_response_mask_covers_eos_even_when_pad_equals_eos(tiny_policy):
     model, tok = tiny_policy
     ids, mask = ppo.encode(tok, ["Compute 1 + 2.", "Compute 4 - 5."], "cpu")
-    free, _, fin = ppo.sample(model, ids, mask, 8, 0.0, set(), tok.pad_token_id)
+    free, _, fin = common.sample(model, ids, mask, 8, 0.0, set(), tok.pad_token_id)
     assert not fin.any()
     eos = int(free[0, 3])  # pretend row 0's 4th greedy token is EOS, and pad is that same id
-    out, lengths, fin = ppo.sample(model, ids, mask, 8, 0.0, {eos}, pad_id=eos)
+    out, lengths, fin = common.sample(model, ids, mask, 8, 0.0, {eos}, pad_id=eos)
     n = int(lengths[0])
     assert fin[0] and n <= 4 and out[0, n - 1] == eos
     rmask = torch.arange(out.shape[1])[None] < lengths[:, None]  # how ppo.py builds response_mask

@@ -290,19 +290,19 @@ def test_two_class_head_prm_without_remote_code(tmp_path):
 # -----------------------------------------------------------------------------
 # labeling and training
 
-def test_labeling_batches_all_prefixes_in_one_generate(memo_policy, monkeypatch):
+def test_labeling_batches_all_prefixes_in_one_sampler_call(memo_policy, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(memo_policy)
     model = AutoModelForCausalLM.from_pretrained(memo_policy).eval()
     calls = []
-    orig = model.generate
+    orig = common.sample
 
-    def counting_generate(*a, **kw):
-        calls.append(kw["input_ids"].shape[0])  # sequences: prompts x samples each
-        return orig(*a, **kw)
+    def counting_sample(model, prompt_ids, *a, **kw):
+        calls.append(prompt_ids.shape[0])  # sequences: prompts x samples each
+        return orig(model, prompt_ids, *a, **kw)
 
-    monkeypatch.setattr(model, "generate", counting_generate)
+    monkeypatch.setattr(common, "sample", counting_sample)
     problems = [{"question": QS[2], "answer": "3"}, {"question": QS[1], "answer": "-2"}]
     torch.manual_seed(0)
     recs, stats = prm_train.label_problems(model, tok, problems, samples_per_problem=2, completions=3,
@@ -321,9 +321,12 @@ def test_labeling_batches_all_prefixes_in_one_generate(memo_policy, monkeypatch)
             assert r["correct"] == 0 and max(r["labels"]) == 0.0
 
 
-def test_sample_n_draws_as_one_generate_with_num_return_sequences(tiny_model_dir):
-    """sample_n (common.generate, each text n times in a row) samples exactly what one Hugging Face
-    generate call with num_return_sequences = n does from the same seed: the labels stay the same."""
+def test_sample_n_is_one_common_sample_call_seeded_from_torch(tiny_model_dir, monkeypatch):
+    """sample_n: each text n times in a row, left-padded, in ONE common.sample call with a budget per
+    row and a generator seeded by one draw of torch's global RNG (labels are a function of --seed).
+    Row j is the naive loop on its own unpadded text: token t inverts the CDF of the softmax at
+    U[t, j], U[t] = rand(rows) from that generator; ids without EOS, finished, and the token count
+    with EOS."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -332,19 +335,31 @@ def test_sample_n_draws_as_one_generate_with_num_return_sequences(tiny_model_dir
         model.get_input_embeddings().weight.mul_(3)  # would not depend on the prompt (tied: sharper)
     texts = [common.build_prompt(tok, q) + p for q, p in zip(QS[:2], ["12 + 30 = 42\n\n", ""])]
     budgets, n = [9, 14], 3
+    calls, real = [], common.sample
+    monkeypatch.setattr(common, "sample", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
     torch.manual_seed(0)
     got, n_tok = prm_train.sample_n(model, tok, texts, n, budgets, 1.0, 1.0)
+    assert calls == [[9, 9, 9, 14, 14, 14]]
     torch.manual_seed(0)
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)  # left-padded
-    with torch.no_grad():
-        seq = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=n,
-                             max_new_tokens=max(budgets), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    ref = []
-    for j, row in enumerate(seq[:, enc["input_ids"].shape[1]:].tolist()):
-        row = row[: budgets[j // n]]
-        fin = tok.eos_token_id in row
-        ref.append((row[: row.index(tok.eos_token_id)] if fin else row, fin))
+    g = torch.Generator().manual_seed(int(torch.randint(2 ** 62, ())))
+    U = torch.stack([torch.rand(len(texts) * n, generator=g) for _ in range(max(budgets))])  # (T, rows)
+    eos, ref = common.model_eos_ids(model, tok), []
+    for j in range(len(texts) * n):
+        ids = torch.tensor([tok(texts[j // n], add_special_tokens=False)["input_ids"]])
+        row = []
+        with torch.no_grad():
+            for t in range(budgets[j // n]):
+                probs = torch.softmax(model(input_ids=ids).logits[:, -1].float(), -1)  # (1, V)
+                tok_t = int(common.inverse_cdf(probs, U[t, j][None]))
+                if tok_t in eos:
+                    break
+                row.append(tok_t)
+                ids = torch.cat([ids, torch.tensor([[tok_t]])], 1)
+        ref.append((row, len(row) < budgets[j // n]))
     assert got == ref and n_tok == sum(len(ids) + fin for ids, fin in ref)
+    assert len({tuple(ids) for ids, _ in got}) > 2  # the rows differ: each has its own noise
+    torch.manual_seed(1)
+    assert prm_train.sample_n(model, tok, texts, n, budgets, 1.0, 1.0)[0] != got  # another seed, other samples
 
 
 def test_correct_solutions_skip_rollouts_with_exact_hard_labels(memo_policy):

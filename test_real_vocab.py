@@ -206,19 +206,17 @@ def padded_head_model(qwen_tiny_dir, bias):
 
 
 def test_samplers_never_emit_padding_ids(qwen_tiny_dir, qwen_tok):
-    import ppo
-
     model = padded_head_model(qwen_tiny_dir, 50.0)  # padding logits dwarf every real one
     enc = qwen_tok([common.build_prompt(qwen_tok, q) for q in ["1 + 1?", "What is 2 + 3?"]], return_tensors="pt",
                    padding=True, add_special_tokens=False)
     eos = common.model_eos_ids(model, qwen_tok)
     gen = torch.Generator().manual_seed(0)
     args = (model, enc["input_ids"], enc["attention_mask"], 6)
-    unmasked, _, _ = ppo.sample(*args, 1.0, eos, ENDOFTEXT, gen, torch.arange(2), 2)
+    unmasked, _, _ = common.sample(*args, 1.0, eos, ENDOFTEXT, gen, torch.arange(2), 2)
     assert (unmasked >= N_TOKENS).all()  # the premise: without the mask the padding rows win
     for temperature in (1.0, 0.0):
-        resp, lengths, _ = ppo.sample(*args, temperature, eos, ENDOFTEXT, gen, torch.arange(2), 2,
-                                      vocab_size=len(qwen_tok))
+        resp, lengths, _ = common.sample(*args, temperature, eos, ENDOFTEXT, gen, torch.arange(2), 2,
+                                         vocab_size=len(qwen_tok))
         assert all((r[:n] < N_TOKENS).all() for r, n in zip(resp, lengths.tolist())), temperature
     for temperature in (1.0, 0.0):
         gens = common.generate(model, qwen_tok, ["1 + 1?", "What is 2 + 3?"], 6, temperature)

@@ -1,6 +1,7 @@
 """
 Benchmark of ppo.policy_logprobs at a real vocabulary: peak memory above the model and time, the
-old full-vocabulary log_softmax against the chunked version (figures for the README; not a test).
+old full-vocabulary log_softmax against the fused chunked head + log-softmax of ppo.ChunkedLogprobs
+(figures for the README; not a test).
 
   1. A tiny random Qwen2 model (hidden --hidden, --layers layers) with Qwen2's vocabulary,
      V = 151,936: the model weighs ~40 MB, so what is measured is the (B, T, V) work.
@@ -12,7 +13,11 @@ old full-vocabulary log_softmax against the chunked version (figures for the REA
      on CPU the peak resident set (getrusage ru_maxrss) minus the resident set before the call
      (the (B, T, V) buffers are far above glibc's mmap threshold, so they come and go from the RSS).
      Time: the median of --repeats calls after one warm-up.
-  The `old` variant is the code ppo.policy_logprobs had before chunking (full_logprobs below).
+  Variants: `old`, the reference, is the code ppo.policy_logprobs had before chunking
+  (full_logprobs below): (B, t, V) logits and log-softmax, all kept for autograd's backward.
+  `fused` is ppo.policy_logprobs now: ppo.ChunkedLogprobs runs the head and the softmax on
+  LOGP_CHUNK tokens at a time and its hand-written backward recomputes each chunk's logits, so
+  only O(tokens) vectors are kept and at most two (chunk, V) fp32 buffers live at once.
 
 Usage (from the repository root; needs ~8 GB of free RAM on CPU):
     python bench/bench_logprobs.py                       # CPU, B x T = 4 x 512, 1 thread
@@ -113,7 +118,7 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=os.path.join(ROOT, "out", "bench_logprobs.json"))
-    p.add_argument("--worker", choices=["old", "new"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["old", "fused"], help=argparse.SUPPRESS)
     p.add_argument("--mode", choices=["train", "rollout"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -124,7 +129,7 @@ def main():
           f"one (B, T, V) fp32 tensor = {one:.2f} GB, LOGP_CHUNK = {ppo.LOGP_CHUNK}")
     rows = []
     for mode in ("train", "rollout"):
-        for variant in ("old", "new"):
+        for variant in ("old", "fused"):
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", variant, "--mode", mode] + [
                 f"--{k}={getattr(args, k)}" for k in ("device", "B", "T", "P", "hidden", "layers", "repeats", "threads")]
             out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
@@ -133,11 +138,11 @@ def main():
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = rows[-1]
             print(f"  {mode:7s} {variant}: peak above the model {r['peak_above_gb']:.2f} GB, {r['median_s']:.2f} s")
-    print("\n| call | old: peak above model | new | old: time | new |\n|---|---|---|---|---|")
+    print("\n| call | old: peak above model | fused | old: time | fused |\n|---|---|---|---|---|")
     for mode in ("train", "rollout"):
-        old, new = (next(r for r in rows if r["mode"] == mode and r["variant"] == v) for v in ("old", "new"))
-        print(f"| {mode} | {old['peak_above_gb']:.2f} GB | {new['peak_above_gb']:.2f} GB | "
-              f"{old['median_s']:.2f} s | {new['median_s']:.2f} s |")
+        old, fused = (next(r for r in rows if r["mode"] == mode and r["variant"] == v) for v in ("old", "fused"))
+        print(f"| {mode} | {old['peak_above_gb']:.2f} GB | {fused['peak_above_gb']:.2f} GB | "
+              f"{old['median_s']:.2f} s | {fused['median_s']:.2f} s |")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"args": {k: v for k, v in vars(args).items() if k not in ("worker", "mode")}, "rows": rows}, f, indent=1)

@@ -1,12 +1,12 @@
 """
 Benchmarks for ppo.py on the arith default (figures for the README; not a test).
 
-  1. Rollout throughput: ppo.sample (our KV-cached loop; finished rows leave the batch) against
+  1. Rollout throughput: common.sample (our KV-cached loop; finished rows leave the batch) against
      plain `model.generate` on the same model, prompts and settings (T = 1 sampling, no top-k/p,
      same max_new_tokens). Tokens/s counts generated tokens up to and including EOS; median of
      --repeats runs, alternated so machine load hits both alike.
   2. Time per phase per step: ppo.main runs in-process for --steps steps (no eval, no samples)
-     with the model calls wrapped by timers: generation (ppo.sample), forward passes
+     with the model calls wrapped by timers: generation (common.sample), forward passes
      (ppo.policy_logprobs, ppo.critic_values, the reward model's rewards.tag_margins), backward
      (Tensor.backward). Prints the perf/* phases from metrics.jsonl and the fraction of the step
      spent outside model forward / backward / generation (optimizer steps, grading, step mapping,
@@ -56,8 +56,8 @@ def bench_rollout(policy_path, n_prompts, samples, max_new_tokens, repeats):
     ours, theirs = [], []
     for r in range(repeats):
         t0 = time.perf_counter()
-        out, lengths, _ = ppo.sample(model, ids, mask, max_new_tokens, 1.0, eos, tok.pad_token_id,
-                                     torch.Generator().manual_seed(r), torch.arange(B), B)
+        out, lengths, _ = common.sample(model, ids, mask, max_new_tokens, 1.0, eos, tok.pad_token_id,
+                                        torch.Generator().manual_seed(r), torch.arange(B), B)
         ours.append(int(lengths.sum()) / (time.perf_counter() - t0))
         torch.manual_seed(r)
         t0 = time.perf_counter()
@@ -93,7 +93,7 @@ class Timers:
 
 def bench_step(args):
     timers = Timers()
-    per_step = []  # one bucket per step: each step starts with its (only) ppo.sample call
+    per_step = []  # one bucket per step: each step starts with its (only) common.sample call
 
     def new_bucket(fn):
         def inner(*a, **k):
@@ -102,7 +102,7 @@ def bench_step(args):
             return fn(*a, **k)
         return inner
 
-    ppo.sample = new_bucket(timers.wrap(ppo.sample, "generate"))
+    common.sample = new_bucket(timers.wrap(common.sample, "generate"))
     ppo.policy_logprobs = timers.wrap(ppo.policy_logprobs, "forward")
     ppo.critic_values = timers.wrap(ppo.critic_values, "forward")
     rewards.tag_margins = timers.wrap(rewards.tag_margins, "rm_forward")
@@ -144,7 +144,7 @@ def main(argv=None):
 
     roll = bench_rollout(args.policy, cfg.prompts_per_step, cfg.samples_per_prompt, cfg.max_new_tokens,
                          args.repeats)
-    print(f"rollout ({roll['rows']} rows, max_new_tokens {roll['max_new_tokens']}, T=1): ppo.sample "
+    print(f"rollout ({roll['rows']} rows, max_new_tokens {roll['max_new_tokens']}, T=1): common.sample "
           f"{roll['ours_tok_s']:.0f} tok/s vs model.generate {roll['generate_tok_s']:.0f} tok/s "
           f"-> {roll['speedup']:.2f}x")
 

@@ -1,10 +1,15 @@
 """
 Benchmarks for prm_train.py and the reward-model scorer (README figures; not a timed test).
 
-  1. Labeling throughput: completion tokens/s of Math-Shepherd labeling (prm_train.label_problems:
-     every batch of step prefixes in one generate call, each prefix N times) against plain batched
-     generation from the prompts (prm_train.sample_n, i.e. common.generate) on the same model, same
-     sequences per call, same sampling.
+  1. Labeling throughput: generated tokens/s (up to and including EOS) of Math-Shepherd labeling
+     (prm_train.label_problems: the solutions, then every batch of step prefixes in one
+     prm_train.sample_n call, each prefix N times; sample_n is common.sample, finished rows leave
+     the batch, one budget per row) against plain batched generation: common.generate, i.e.
+     Hugging Face generate, from the problems' prompts, with the same model, the same number of
+     sequences, the same sequences per call (gen_batch), the same budget (max_new_tokens) and the
+     same sampling (T = 1, no top-k / top-p). Ratio = labeling / plain tokens/s (target >= 1.0).
+     Each side: tokens over the seconds spent inside its sampler calls (labeling: stats["gen_s"];
+     plain: the generate calls); best of --repeats.
      Every prefix is rolled out here (mc_correct=True), correct solutions included.
   2. PRM scoring at K = 4 steps: one forward per response (rewards.RewardModel.score, every step read
      at its tag) against the naive way, one forward per step prefix (K forwards, each reading the
@@ -49,20 +54,24 @@ def bench_labeling(policy_dir, problems, samples, completions, gen_batch, max_ne
         wall = time.time() - t0
         label = {"tok_s": st["gen_tokens"] / st["gen_s"], "tokens": st["gen_tokens"], "calls": st["gen_calls"],
                  "rollouts": st["rollouts"], "wall_s": wall}
-        # plain batched generate: the same number of sequences, gen_batch per call, from the prompts
+        # plain batched generate (common.generate = Hugging Face generate): the same number of
+        # sequences, gen_batch per call (each prompt N times in a row), from the prompts
         n_seq = st["rollouts"]
         prompts = [common.build_prompt(tok, p["question"]) for p in problems]
         per_call = max(1, gen_batch // completions)
         torch.manual_seed(0)
-        t0, n_tok, done, calls = time.time(), 0, 0, 0
+        n_tok, done, calls, gen_s = 0, 0, 0, 0.0
         while done < n_seq:
             texts = [prompts[(done // completions + i) % len(prompts)] for i in range(per_call)]
             n = min(completions, max(1, (n_seq - done) // len(texts)))
-            _, k = prm_train.sample_n(model, tok, texts, n, [max_new_tokens] * len(texts), 1.0, 1.0)
-            n_tok += k
-            done += len(texts) * n
+            batch = [t for t in texts for _ in range(n)]
+            t0 = time.time()
+            gens = common.generate(model, tok, batch, max_new_tokens, 1.0, batch_size=len(batch), sort=False)
+            gen_s += time.time() - t0
+            n_tok += sum(len(g.tokens) for g in gens)
+            done += len(batch)
             calls += 1
-        plain = {"tok_s": n_tok / (time.time() - t0), "tokens": n_tok, "calls": calls}
+        plain = {"tok_s": n_tok / gen_s, "tokens": n_tok, "calls": calls, "rollouts": done}
         if best_label is None or label["tok_s"] > best_label["tok_s"]:
             best_label = label
         if best_plain is None or plain["tok_s"] > best_plain["tok_s"]:
@@ -135,10 +144,11 @@ def main():
 
     print("\n| benchmark | value |\n|---|---|")
     print(f"| labeling: completion tokens/s (M={args.samples}, N={args.completions}, {args.gen_batch} seq/call) "
-          f"| {label['tok_s']:.0f} ({label['tokens']} tokens, {label['rollouts']} rollouts, {label['calls']} generate calls) |")
-    print(f"| plain batched generate, same model: tokens/s | {plain['tok_s']:.0f} ({plain['tokens']} tokens, "
-          f"{plain['calls']} calls) |")
-    print(f"| labeling / plain throughput | {label['tok_s'] / plain['tok_s']:.2f} |")
+          f"| {label['tok_s']:.0f} ({label['tokens']} tokens, {label['rollouts']} rollouts, {label['calls']} "
+          f"common.sample calls) |")
+    print(f"| plain batched generate (common.generate), same model, sequences and seq/call: tokens/s "
+          f"| {plain['tok_s']:.0f} ({plain['tokens']} tokens, {plain['rollouts']} sequences, {plain['calls']} calls) |")
+    print(f"| labeling / plain tokens/s | {label['tok_s'] / plain['tok_s']:.2f}x |")
     print(f"| PRM scoring K=4, one forward per response ({args.score_n} responses, batch {args.score_batch}) "
           f"| {sc['fast_s']:.3f} s ({sc['tokens_fast']} tokens) |")
     print(f"| PRM scoring K=4, one forward per prefix (naive) | {sc['slow_s']:.3f} s ({sc['tokens_slow']} tokens) |")
