@@ -29,6 +29,12 @@ Algorithm (the numbers match comments in the code)
        best_of_n_prm       the sample with the highest aggregated PRM score (min | product | last
                            step; all three are reported, --prm-agg picks the headline), vs greedy
                            and maj@n on the same samples; best_of_n_orm likewise with the ORM.
+       prm_within_auc      the reward model as a verifier (issue 14): for every problem whose
+                           samples are neither all correct nor all wrong, the ROC AUC of the
+                           --prm-agg score separating its correct samples from its wrong ones
+                           (prm_train.auc: ties count 1/2; truncated = wrong, as `correct`), the
+                           mean over those problems; prm_within_auc_problems counts them.
+                           orm_within_auc likewise with the ORM score. 0.5 = no better than chance.
   7. Print a table; write OUT_DIR/results.json (every figure and the config) and
      OUT_DIR/samples.jsonl (one line per response: question, response, extracted answer, correct,
      PRM step scores, ORM score, diagnostics).
@@ -39,6 +45,8 @@ Decisions (not in the paper)
     without an answer do not vote (no vote at all -> incorrect). Tie rule: among the answers with
     the most votes, the one voted first (lowest sample index) wins.
   - best-of-N: ties go to the earliest sample; a response with no steps scores -inf.
+  - within-problem AUC: problems with only correct or only wrong samples are left out (their AUC is
+    undefined), not counted as 0.5; None (null) when no problem has both.
   - The headline diagnostics (mean_response_tokens, ...) are over the greedy responses (the
     samples with --no-greedy); the same figures over the samples are the sampling_* keys.
 
@@ -80,6 +88,7 @@ import common
 import grading
 import rewards
 from common import field, print0
+from prm_train import auc  # the codebase's one ROC AUC (Mann-Whitney, ties 1/2), tested in test_prm.py
 
 PRM_AGGS = ("min", "product", "last")
 
@@ -185,6 +194,14 @@ def best_of_n(scores):
     return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
+def within_problem_auc(scores, correct):
+    """Mean over problems of the ROC AUC of a verifier's scores separating a problem's correct
+    samples from its wrong ones (ties count 1/2). scores[p][i], correct[p][i]: sample i of problem p.
+    Only problems with both correct and wrong samples count. Returns (mean AUC or None, their number)."""
+    aucs = [auc(s, [bool(c) for c in cs]) for s, cs in zip(scores, correct) if 0 < sum(map(bool, cs)) < len(cs)]
+    return (sum(aucs) / len(aucs) if aucs else None), len(aucs)
+
+
 def ks_for(n):
     """The k measured for n samples: powers of two below n, and n itself."""
     return sorted({2 ** j for j in range(n.bit_length()) if 2 ** j < n} | {n}) if n > 0 else []
@@ -225,15 +242,20 @@ def summarize(records, prm_agg="min"):
     for k in ks_for(n):
         res[f"maj@{k}"] = sum(maj_at_k([None if r["truncated"] else r["answer"] for r in g],
                                        [r["correct"] for r in g], k) for g in groups) / len(groups)
+    labels = [[r["correct"] and not r["truncated"] for r in g] for g in groups]  # verifier AUC's classes
     if n and all(r.get("prm_step_scores") is not None for g in groups for r in g):
         for how in PRM_AGGS:
             picks = [g[best_of_n([aggregate_prm(r["prm_step_scores"], how) for r in g])] for g in groups]
             res[f"best_of_n_prm_{how}"] = sum(r["correct"] for r in picks) / len(groups)
         res["best_of_n_prm"] = res[f"best_of_n_prm_{prm_agg}"]
+        res["prm_within_auc"], res["prm_within_auc_problems"] = within_problem_auc(
+            [[aggregate_prm(r["prm_step_scores"], prm_agg) for r in g] for g in groups], labels)
     if n and all("orm_score" in r for g in groups for r in g):
         picks = [g[best_of_n([-math.inf if r["orm_score"] is None else r["orm_score"] for r in g])]
                  for g in groups]
         res["best_of_n_orm"] = sum(r["correct"] for r in picks) / len(groups)
+        res["orm_within_auc"], res["orm_within_auc_problems"] = within_problem_auc(
+            [[-math.inf if r["orm_score"] is None else r["orm_score"] for r in g] for g in groups], labels)
     samples = [r for g in groups for r in g]
     res.update(diagnostics(greedy or samples))
     res.update(diagnostics(samples, prefix="sampling_"))
@@ -419,6 +441,10 @@ def write_outputs(out_dir, res, records):
             f"{k} {res[k]:.4f}" for k in ["best_of_n_prm", "best_of_n_orm", f"maj@{n}", f"pass@{n}",
                                           "sampling_accuracy", "greedy_accuracy"]
             if isinstance(res.get(k), float)))
+        print("within-problem AUC (correct vs wrong samples of a problem; 0.5 = chance): " + ", ".join(
+            f"{k} {res[k]:.4f} over {res[k + '_problems']} problems" if res[k] is not None
+            else f"{k} - (no problem has both correct and wrong samples)"
+            for k in ("prm_within_auc", "orm_within_auc") if k in res))
     print(f"wrote {out_dir}/results.json and samples.jsonl ({len(records)} responses)")
 
 

@@ -87,7 +87,8 @@ class Config:
     # data
     dataset: str = field("arith", f"one of {', '.join(common.DATASETS)}, or a .jsonl path (rows need a solution)")
     train_split: str = field("train", "split to train on (data/<name>/<split>.jsonl)")
-    eval_split: str = field("test", "split to evaluate on")
+    eval_split: str = field("auto", "split to evaluate on: auto = valid where the dataset has one (arith), "
+                            "else test")
     prompt: str = field("auto", "prompt format (common.build_prompt): auto | chat | cot | plain",
                         choices=common.PROMPTS)
     max_len: int = field(256, "max prompt + solution tokens; longer examples are dropped (count printed)")
@@ -444,6 +445,7 @@ def main(argv=None):
 
     # 1. model and tokenizer; the eval problems
     model, tokenizer = load_model_and_tokenizer(cfg, rt.device)
+    cfg.eval_split = common.eval_split(cfg.dataset, cfg.eval_split)
     eval_problems = common.check_prompt_lengths(
         tokenizer, load_split(cfg.dataset, cfg.eval_split, cfg.eval_limit or None, cfg.skip_bad),
         common.max_prompt_tokens(model), f"{cfg.dataset}/{cfg.eval_split}", cfg.skip_bad, cfg.prompt)

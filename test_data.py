@@ -59,6 +59,79 @@ def test_arith_shipped_files_match_the_seeded_generator():
     assert common.read_jsonl(os.path.join(ROOT, "data", "arith", "test.jsonl")) == test
 
 
+def test_arith_valid_split_is_disjoint_and_leaves_train_and_test_unchanged():
+    kw = dict(n_train=300, n_test=50, min_operands=3, max_operands=5, max_value=99)
+    train, test = arith.make_splits(seed=7, **kw)
+    train3, test3, valid = arith.make_splits(seed=7, n_valid=40, **kw)
+    assert (train3, test3) == (train, test) and len(valid) == 40
+    qs = [{r["question"] for r in rows} for rows in (train, test, valid)]
+    assert not (qs[0] & qs[2]) and not (qs[1] & qs[2])
+
+
+def test_arith_shipped_valid_and_sft_files_match_the_seeded_generator():
+    train, _, valid = arith.make_splits(seed=1337, n_train=10000, n_test=500, min_operands=3,
+                                        max_operands=5, max_value=99, n_valid=500)
+    assert common.read_jsonl(os.path.join(ROOT, "data", "arith", "valid.jsonl")) == valid
+    sft = arith.make_demonstrations(1337, train, 0.08, 0.10, 0.10)
+    assert common.read_jsonl(os.path.join(ROOT, "data", "arith", "sft.jsonl")) == sft
+
+
+def replay(question, solution):
+    """An independent reading of a demonstration: (operation steps as (a, op, x, c), restatements
+    as values, checks as (c, inverse op, x, a)), every step classified or the test fails."""
+    import re
+
+    ops, restates, checks = [], [], []
+    for step in rewards.split_steps(solution)[:-1]:
+        if m := re.fullmatch(r"(-?\d+) ([+-]) (\d+) = (-?\d+)", step):
+            ops.append((int(m[1]), m[2], int(m[3]), int(m[4])))
+        elif m := re.fullmatch(r"So far we have (-?\d+)\.", step):
+            restates.append(int(m[1]))
+        elif m := re.fullmatch(r"Check: (-?\d+) ([+-]) (\d+) = (-?\d+)\.", step):
+            checks.append((int(m[1]), m[2], int(m[3]), int(m[4])))
+        else:
+            raise AssertionError(f"unexpected step {step!r}")
+    return ops, restates, checks
+
+
+def test_arith_demonstrations_habits():
+    import random
+
+    q = "Compute 37 + 12 - 8 + 50."
+    clean, ok = arith.demonstrate(random.Random(0), q, 0.0, 0.0, 0.0)
+    assert ok and clean == "37 + 12 = 49\n\n49 - 8 = 41\n\n41 + 50 = 91\n\nThe answer is \\boxed{91}."
+    # every operation restated and checked: the checks are the inverse operations, all true
+    full, ok = arith.demonstrate(random.Random(0), q, 0.0, 1.0, 1.0)
+    ops, restates, checks = replay(q, full)
+    assert ok and [c for *_, c in ops] == restates == [49, 41, 91]
+    assert checks == [(49, "-", 12, 37), (41, "+", 8, 49), (91, "-", 50, 41)]
+    # always slipping: each result off by 1 or 10 from its own inputs, the chain carries it, no checks
+    for seed in range(20):
+        text, ok = arith.demonstrate(random.Random(seed), q, 1.0, 0.0, 1.0)
+        ops, _, checks = replay(q, text)
+        assert not checks
+        for (a, op, x, c), nxt in zip(ops, ops[1:] + [None]):
+            assert abs(c - (a + x if op == "+" else a - x)) in (1, 10)
+            if nxt:
+                assert nxt[0] == c
+        assert text.endswith(f"\\boxed{{{ops[-1][3]}}}.") and not ok or ops[-1][3] == 91
+
+
+def test_arith_demonstration_mix_matches_its_probabilities():
+    import random
+
+    rows = arith.make_splits(seed=3, n_train=2000, n_test=1, min_operands=3, max_operands=5, max_value=99)[0]
+    rng = random.Random(1)
+    n_ops = slips = restates = 0
+    for row in rows:
+        text, _ = arith.demonstrate(rng, row["question"], 0.08, 0.10, 0.10)
+        ops, rs, _ = replay(row["question"], text)
+        n_ops += len(ops)
+        restates += len(rs)
+        slips += sum(abs(c - (a + x if op == "+" else a - x)) in (1, 10) for a, op, x, c in ops)
+    assert abs(slips / n_ops - 0.08) < 0.015 and abs(restates / n_ops - 0.10) < 0.015
+
+
 def test_arith_schema_steps_and_every_gold_graded_correct():
     rows = common.load_problems("arith", "train") + common.load_problems("arith", "test")
     assert len(rows) == 10500

@@ -117,6 +117,39 @@ def test_summarize_best_of_n_each_aggregation_picks_its_own_sample():
     assert res["pass@2"] == pytest.approx(2 / 3) and res["pass@3"] == 1.0
 
 
+def test_within_problem_auc_hand_computed():
+    # problem 0: the correct sample scores highest -> 1.0; problem 1: correct {0.4, 0.9} vs wrong
+    # {0.4, 0.9}: pairs 1/2 (tie) + 0 + 1 + 1/2 (tie) = 2 of 4 -> 0.5; problem 2: all correct, left out
+    auc, n = ev.within_problem_auc([[0.8, 0.5, 0.3], [0.4, 0.9, 0.4, 0.9], [0.1, 0.2]],
+                                   [[True, False, False], [True, True, False, False], [True, True]])
+    assert (auc, n) == (pytest.approx(0.75), 2)
+    assert ev.within_problem_auc([[0.1, 0.2], [0.3]], [[True, True], [False]]) == (None, 0)
+    assert ev.within_problem_auc([[-math.inf, 0.1]], [[False, True]]) == (1.0, 1)  # no steps ranks last
+
+
+def test_summarize_within_problem_auc_uses_the_headline_aggregation():
+    R = _rec
+    recs = [  # problem 0: min ranks the correct s0 first (AUC 1), last ranks it last (AUC 0)
+        R(0, "sample", 0, True, prm=[0.9, 0.6], orm=0.9), R(0, "sample", 1, False, prm=[0.5, 0.7], orm=None),
+        R(0, "sample", 2, False, prm=[0.4, 0.8], orm=0.1), R(0, "sample", 3, False, prm=[0.3, 0.9], orm=0.95),
+        # problem 1: correct {0.4, 0.9} vs wrong {0.4, 0.9} under every aggregation -> 0.5
+        R(1, "sample", 0, True, prm=[0.4], orm=0.5), R(1, "sample", 1, True, prm=[0.9], orm=0.5),
+        R(1, "sample", 2, False, prm=[0.4], orm=0.5), R(1, "sample", 3, False, prm=[0.9], orm=0.5),
+        # problem 2: all correct -> not counted
+        *[R(2, "sample", j, True, prm=[0.1 * j + 0.1], orm=0.5) for j in range(4)],
+        # problem 3: the truncated sample is wrong (and scores highest): correct 0.5 beats 2 of 3 -> 2/3
+        R(3, "sample", 0, True, prm=[0.5], orm=0.25), R(3, "sample", 1, False, truncated=True, prm=[0.95], orm=0.1),
+        R(3, "sample", 2, False, prm=[0.1], orm=0.2), R(3, "sample", 3, False, prm=[0.2], orm=0.3)]
+    res = ev.summarize(recs, prm_agg="min")
+    assert res["prm_within_auc"] == pytest.approx((1 + 0.5 + 2 / 3) / 3) and res["prm_within_auc_problems"] == 3
+    # ORM: problem 0 -> 0.9 beats None (-inf) and 0.1, loses to 0.95: 2/3; 1 -> 0.5; 3 -> 2/3
+    assert res["orm_within_auc"] == pytest.approx((2 / 3 + 0.5 + 2 / 3) / 3) and res["orm_within_auc_problems"] == 3
+    res = ev.summarize(recs, prm_agg="last")
+    assert res["prm_within_auc"] == pytest.approx((0 + 0.5 + 2 / 3) / 3)
+    assert "prm_within_auc" not in ev.summarize([R(0, "sample", 0, True)])  # no reward model, no key
+    assert ev.summarize([R(0, "sample", 0, True, prm=[0.5])])["prm_within_auc"] is None
+
+
 def test_summarize_truncated_does_not_vote_and_diagnostics():
     recs = [_rec(0, "sample", 0, False, "4", truncated=True, steps=5),
             _rec(0, "sample", 1, False, "4", truncated=True, steps=5),
@@ -316,6 +349,16 @@ def test_best_of_n_with_tiny_prm_and_orm(tiny_model_dir, tiny_rm_dir, tmp_path):
                     best, best_score = s, score
             hits.append(best["correct"])
         assert res[f"best_of_n_prm_{how}"] == pytest.approx(sum(hits) / 3), how
+    # within-problem AUC (--prm-agg last) against a pairwise count over samples.jsonl
+    aucs = []
+    for p in range(3):
+        group = [s for s in samples if s["problem"] == p and s["kind"] == "sample"]
+        last = lambda s: s["prm_step_scores"][-1] if s["prm_step_scores"] else -math.inf  # noqa: E731
+        pos, neg = [last(s) for s in group if s["correct"]], [last(s) for s in group if not s["correct"]]
+        if pos and neg:
+            aucs.append(sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg)))
+    assert res["prm_within_auc_problems"] == len(aucs)
+    assert res["prm_within_auc"] == (pytest.approx(sum(aucs) / len(aucs)) if aucs else None)
     # the saved scores are the scorer's scores for that response (no batching mix-up)
     rm = rewards.load_reward_model(tiny_rm_dir, kind="prm", step_tag="<step>")
     scored = [s for s in samples if s["steps"]][:4]
