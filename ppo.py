@@ -27,12 +27,13 @@ Algorithm (the numbers match comments in the code)
      the valid-token count of the global minibatch; grad-norm clipping. The first minibatch's
      ratio must be 1 (logged; a warning if not).
   5. Log one line per step (metrics.jsonl, optional wandb); greedy accuracy on the first
-     `eval_limit` test problems at step 0, every `eval_every` steps and at the end; decoded samples
-     with their step scores every `sample_every` steps; a checkpoint (HF policy + critic,
-     optimizers, RNG, meta.json with checksums) every `save_every` steps and at the end, after the
-     weights were checked finite. --resume continues from it: on CPU, bit-identical to a run that
-     was never stopped. One run per out_dir (a lock); a fresh run refuses a used out_dir unless
-     --overwrite (README "Failure modes": crashes, a full disk, corrupt files, resume flags).
+     `eval_limit` problems of the eval split (valid where the dataset has one) at step 0, every
+     `eval_every` steps and at the end; decoded samples with their step scores every
+     `sample_every` steps; a checkpoint (HF policy + critic, optimizers, RNG, meta.json with
+     checksums) every `save_every` steps and at the end, after the weights were checked finite.
+     --resume continues from it: on CPU, bit-identical to a run that was never stopped.
+     One run per out_dir (a lock); a fresh run refuses a used out_dir unless --overwrite
+     (README "Failure modes": crashes, a full disk, corrupt files, resume flags).
 
 Where to change what: the algorithm is the section between the ALGORITHM and PLUMBING banners
 (score: the rewards; compute_advantages; ppo_token_losses: the loss). Everything after the PLUMBING
@@ -61,10 +62,10 @@ Decisions (not in the paper)
     as they do on the thread count: runs are not bit-identical across either (README, Stage 4).
 
 Commands
-  CPU, the arith world with the shipped checkpoints (about 5 min on 2 cores):
-      python ppo.py
-      python ppo.py --policy models/arith-policy-verbose --reward prm --steps 40 \
-          --prompts-per-step 8 --samples-per-prompt 8 --lam 0.95 --no-anneal-lr   # PRM hacking (README)
+  CPU, the arith world with the shipped checkpoints (about 10 min on 2 cores):
+      python ppo.py                      # clip_delta
+      python ppo.py --reward success     # the sparse success reward alone
+      python ppo.py --reward prm         # the raw PRM reward (README: what it does to length)
       torchrun --nproc_per_node=2 ppo.py --fsdp --steps 4 --out-dir out/ppo-fsdp
   One GPU, Qwen2.5-Math-1.5B-Instruct on MATH with a Math-Shepherd PRM:
       python ppo.py --policy Qwen/Qwen2.5-Math-1.5B-Instruct --dataset math \
@@ -76,9 +77,10 @@ Commands
   8 GPUs, Qwen2.5-Math-7B-Instruct: the same flags with --micro-batch-size 4 and
       torchrun --nproc_per_node=8 ppo.py --fsdp --policy Qwen/Qwen2.5-Math-7B-Instruct --prompts-per-step 128 ...
 
-Expected: the default CPU run ends with a greedy arith test accuracy above the starting policy's
-(README). From the verbose start (models/arith-policy-verbose) with --reward prm, response length
-and steps per response grow and accuracy collapses (reward hacking); --reward clip_delta keeps both.
+Expected (README, "The arith world v2"): --reward success raises the greedy and the sampling
+accuracy of the shipped start (valid 0.804 -> 0.866 greedy, 0.525 -> 0.626 sampling at seed 0).
+The greedy evals during training use the validation split (--eval-split auto); report the test
+split once, with evaluate.py.
 
 Shapes: B rows (responses) on this rank, P prompt tokens (left-padded), T response tokens
 (right-padded), L = P + T, K steps, V vocabulary.
@@ -119,7 +121,7 @@ class Config:
     eval_dataset: str = field("", "greedy-eval set ('' = --dataset)")
     eval_split: str = field("auto", "split of the greedy evals: auto = valid where the dataset has one "
                             "(arith), else test; report the test split once, with evaluate.py")
-    eval_limit: int = field(500, "greedy eval on the first N test problems (0 = none)")
+    eval_limit: int = field(500, "greedy eval on the first N problems of the eval split (0 = none)")
     skip_bad: bool = field(False, "skip and count bad data rows (no question or gold, an ungradable gold, an "
                            "overlong question or prompt) instead of stopping at the first with its file:line")
     prompt: str = field("auto", "prompt format (common.build_prompt): auto | chat | cot | plain",
@@ -1001,7 +1003,7 @@ def load_models(cfg, rt):
 def evaluate(m, problems, cfg, rt, step):
     t0 = time.time()
     acc = greedy_accuracy(m.policy, m.tok, m.eos_ids, problems, cfg, rt)
-    print0(f"step {step}: eval/greedy_accuracy {acc:.4f} on {len(problems)} test problems ({time.time() - t0:.1f}s)")
+    print0(f"step {step}: eval/greedy_accuracy {acc:.4f} on {len(problems)} eval problems ({time.time() - t0:.1f}s)")
     return acc
 
 

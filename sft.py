@@ -31,13 +31,15 @@ Algorithm (the numbers match comments in the code)
 Departures from the paper: none; this stage is not part of the method (METHOD §1).
 
 Commands
-  CPU, the shipped arith policy (0.54M-parameter Llama, 2 layers x 128, 1500 steps of 64 problems;
-  about 10-15 min on 2 CPU cores, see README for the measured wall-clock):
+  CPU, the shipped arith policy (0.54M-parameter Llama, 2 layers x 128, 1500 steps of 64 SFT
+  demonstrations with slips, restatements and checks, data/arith/prepare.py; about 15 min on one
+  core; scripts/build_arith.sh builds it with the reward models):
     python data/arith/prepare.py
-    OMP_NUM_THREADS=1 python sft.py --out-dir models/arith-policy
+    OMP_NUM_THREADS=1 python sft.py --train-split sft --out-dir models/arith-policy
   (NOTE: one thread is how the shipped weights were made; CPU matmuls are not bit-identical across
   thread counts, so another count gives slightly different weights and accuracy.)
-  Measure a checkpoint (greedy + T=1 sampling on the full arith test split):
+  Measure a checkpoint (greedy + T=1 sampling on the arith validation split; --eval-split test
+  for the final report):
     python sft.py --eval-only --init models/arith-policy --eval-limit 500 --eval-samples 4 --out-dir out/eval
   CPU smoke run (seconds):
     python sft.py --n-layer 1 --n-embd 32 --n-inner 64 --max-steps 20 --eval-limit 10 --out-dir out/sft-smoke
@@ -47,10 +49,11 @@ Commands
         --max-new-tokens 512 --eval-batch-size 32 --out-dir out/sft-gsm8k
   8 GPUs: the same with `torchrun --nproc_per_node=8 sft.py ...` (batch_size is global).
 
-Expected result: the default arith command stops at 1500 steps on purpose, while the model is
-still learning (greedy accuracy on the first 100 test problems climbs 0.01 / 0.03 / 0.16 / 0.34 /
-0.51 / 0.52 at steps 250..1500). The shipped checkpoint scores 60.8% greedy and 50.4% T=1 sampling
-(4 samples) on all 500 test problems: like the paper's instruct models it leaves room for RL.
+Expected result (the shipped v2 policy, --train-split sft): greedy accuracy on the first 100
+validation problems 0.00 / 0.02 / 0.15 / 0.49 / 0.61 / 0.80 at steps 250..1500 (arithmetic
+"clicks" between steps 750 and 1250; a 1000-step schedule ends at 0.14). On all 500 validation
+problems: 80.4% greedy and 52.5% T=1 sampling (evaluate.py, 4 samples). Sampling is far below
+greedy because the demonstrations slip: like the paper's instruct models it leaves room for RL.
 Reproducible from --seed on one CPU setup (same thread count); not bit-reproducible across
 machines, thread counts, GPU kernels or bf16.
 

@@ -19,7 +19,7 @@ import ppo  # noqa: E402
 def test_ppo_flags_parse_and_hold_the_documented_settings():
     cfg = ablation.Config()
     ppo_cfg = common.parse_config(ppo.Config, ablation.ppo_flags(cfg) + ["--reward", "prm", "--seed", "1"])
-    assert ppo_cfg.policy == cfg.policy == "models/arith-policy-verbose"
+    assert ppo_cfg.policy == cfg.policy == "models/arith-policy"
     assert (ppo_cfg.steps, ppo_cfg.prompts_per_step, ppo_cfg.samples_per_prompt) == (40, 8, 8)
     assert ppo_cfg.anneal_lr is False  # the ablation holds the learning rate constant
     assert (ppo_cfg.lam, ppo_cfg.beta, ppo_cfg.eta, ppo_cfg.max_new_tokens) == (0.95, 0.02, 0.5, 160)

@@ -9,8 +9,9 @@ paper's shape, training curves and decoded samples. One command reproduces all o
     python scripts/ablation.py --stages table,plot  # redraw from what is on disk
 
 Algorithm (the numbers match comments in the code)
-  0. (stage `verbose`, not in the default stages) rebuild the verbose starting policy, see
-     make_verbose_policy, -> OUT_DIR/verbose_policy. models/arith-policy-verbose is a copy of it.
+  0. (stage `verbose`, not in the default stages; the v1 results only) fine-tune --policy into a
+     verbose starting policy, see make_verbose_policy, -> OUT_DIR/verbose_policy. The v1 table
+     started from it (models/arith-policy-verbose at commit c819b1e); the v2 start needs none.
   1. Runs: for every (seed, mode) a `ppo.py` subprocess with the shared PPO flags (PPO_FLAGS below
      plus --steps/--seed/--reward), OMP_NUM_THREADS=1 each, `jobs` at a time; stdout to
      OUT_DIR/<mode>_s<seed>.log, run dir OUT_DIR/<mode>_s<seed>/ (metrics.jsonl, ckpt/policy). A
@@ -86,7 +87,8 @@ class Config:
     eval_limit: int = field(0, "evaluate.py --eval-limit: the first N arith test problems (0 = all 500)")
     eval_samples: int = field(4, "evaluate.py --samples for each trained policy")
     bon_n: int = field(8, "best-of-N samples on the starting policy")
-    policy: str = field("models/arith-policy-verbose", "the starting policy (see make_verbose_policy)")
+    policy: str = field("models/arith-policy", "the starting policy (v2: its demonstrations already hold "
+                        "unneeded steps; the v1 results used the verbose start of make_verbose_policy)")
     prm: str = field("models/arith-prm", "PRM for the prm / clip / delta / clip_delta runs and best-of-N")
     orm: str = field("models/arith-orm", "ORM for the orm runs and best-of-N")
     jobs: int = field(2, "concurrent subprocesses (each OMP_NUM_THREADS=1)")

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Rebuild every shipped asset of the arith world (v2) from nothing but this repository:
+#
+#   data/arith/{train,valid,test,sft}.jsonl + tokenizer/   data/arith/prepare.py (seconds)
+#   models/arith-policy    the starting policy: sft.py on the SFT demonstrations (slips, restatements, checks)
+#   out/arith-labels.jsonl Math-Shepherd Monte-Carlo step labels sampled from that policy (2 ranks)
+#   models/arith-prm       PRM: the policy + 2 layers, all trained, BCE at every step tag (logs in out/)
+#   models/arith-orm       ORM: the same recipe, one tag after the whole solution
+#
+# Usage (from the repository root; README "The arith world v2" gives each stage's time):
+#     bash scripts/build_arith.sh                  # everything
+#     OUT=/tmp/arith LABELS=/tmp/arith/labels.jsonl bash scripts/build_arith.sh   # elsewhere
+#
+# Every stage runs with one thread per process (OMP_NUM_THREADS=1): CPU matmuls are not bit-identical
+# across thread counts, and with one thread the build is bit-reproducible on one machine. The two
+# cores are used by running two processes side by side (the labeler as 2 torchrun ranks, each
+# labelling its own chunks with a per-chunk seed; then the PRM and the ORM in parallel).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=1
+OUT=${OUT:-models}
+LABELS=${LABELS:-out/arith-labels.jsonl}
+mkdir -p "$OUT" "$(dirname "$LABELS")"
+stamp() { echo "[build_arith $(date +%H:%M:%S)] $*"; }
+t0=$(date +%s)
+
+stamp "1/4 data"
+python data/arith/prepare.py
+
+stamp "2/4 policy (sft.py, ~15 min)"
+rm -rf "$OUT/arith-policy" "$OUT/arith-prm" "$OUT/arith-orm"   # a rebuild replaces them
+python sft.py --train-split sft --eval-split valid --out-dir "$OUT/arith-policy"
+
+stamp "3/4 Monte-Carlo labels (2 ranks)"
+rm -f "$LABELS" "$LABELS".rank*
+torchrun --standalone --nproc_per_node=2 prm_train.py --init "$OUT/arith-policy" --label-only \
+    --labels-path "$LABELS" --num-problems 4096 --samples-per-problem 4 --completions 8
+cat "$LABELS".rank0 "$LABELS".rank1 > "$LABELS"
+
+stamp "4/4 PRM and ORM (in parallel)"
+RM="--init $OUT/arith-policy --data $LABELS --extra-layers 2 --lr 3e-4 --min-lr 3e-5 --epochs 4"
+LOGS=$(dirname "$LABELS")
+python prm_train.py $RM --out-dir "$OUT/arith-prm" > "$LOGS/arith-prm.log" 2>&1 &
+prm=$!
+python prm_train.py $RM --objective outcome --out-dir "$OUT/arith-orm" > "$LOGS/arith-orm.log" 2>&1 &
+orm=$!
+wait $prm || { tail -5 "$LOGS/arith-prm.log"; exit 1; }
+wait $orm || { tail -5 "$LOGS/arith-orm.log"; exit 1; }
+stamp "done in $(( ($(date +%s) - t0) / 60 )) min"
