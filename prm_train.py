@@ -89,8 +89,9 @@ Commands
     python data/prm800k/prepare.py --source path/to/prm800k/data/phase2_train.jsonl
     python prm_train.py --init <model> --data data/math_shepherd/train.jsonl --out-dir out/prm-ms
 
-Expected result (arith): held-out step AUC about 0.79 (step accuracy about 0.73) for the PRM, AUC
-about 0.78 for the ORM (README has the measured values). Gate before PPO: held-out step AUC >= 0.75.
+Expected result (arith v2, scripts/build_arith.sh): held-out step AUC 0.742 (step accuracy 0.711)
+for the PRM, AUC 0.666 for the ORM: weak verifiers that do not check the arithmetic (README, "The
+arith world v2"). Gate before PPO: held-out step AUC >= 0.75 (the shipped PRM misses it).
 
 Shapes: B sequences, L input tokens, K step tags per sequence (right-padded, with a bool mask).
 """
