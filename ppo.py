@@ -62,7 +62,7 @@ Decisions (not in the paper)
     as they do on the thread count: runs are not bit-identical across either (README, Stage 4).
 
 Commands
-  CPU, the arith world with the shipped checkpoints (about 10 min on 2 cores):
+  CPU, the arith world with the shipped checkpoints (6.5 min on 2 idle cores):
       python ppo.py                      # clip_delta
       python ppo.py --reward success     # the sparse success reward alone
       python ppo.py --reward prm         # the raw PRM reward (README: what it does to length)
@@ -78,7 +78,8 @@ Commands
       torchrun --nproc_per_node=8 ppo.py --fsdp --policy Qwen/Qwen2.5-Math-7B-Instruct --prompts-per-step 128 ...
 
 Expected (README, "The arith world v2"): --reward success raises the greedy and the sampling
-accuracy of the shipped start (valid 0.804 -> 0.866 greedy, 0.525 -> 0.626 sampling at seed 0).
+accuracy of the shipped start (valid 0.804 -> 0.866 greedy, 0.525 -> 0.626 sampling at seed 0, one
+thread; 3 seeds in the README).
 The greedy evals during training use the validation split (--eval-split auto); report the test
 split once, with evaluate.py.
 
