@@ -596,6 +596,17 @@ class Generation(NamedTuple):
 
 
 @torch.no_grad()
+def left_pad(ids, pad_id):
+    """Token-id lists -> (B, P) ids left-padded with pad_id and the (B, P) attention mask, P the
+    longest list: the prompt layout of `generate` and `sample`."""
+    P = max(len(row) for row in ids)
+    x = torch.full((len(ids), P), pad_id, dtype=torch.long)  # (B, P)
+    attn = torch.zeros((len(ids), P), dtype=torch.long)  # (B, P)
+    for i, row in enumerate(ids):
+        x[i, P - len(row):], attn[i, P - len(row):] = torch.tensor(row, dtype=torch.long), 1
+    return x, attn
+
+
 def generate(model, tokenizer, prompts, max_new_tokens, temperature=0.0, *, top_k=0, top_p=1.0,
              batch_size=64, sort=True, eos_ids=None, desc=None):
     """One response per prompt with Hugging Face generate: greedy at temperature 0, else sampled
@@ -635,12 +646,8 @@ def generate(model, tokenizer, prompts, max_new_tokens, temperature=0.0, *, top_
     try:
         for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=desc is None or not is_master()):
             idx = order[start:start + batch_size]
-            P = max(len(ids[i]) for i in idx)
-            x = torch.full((len(idx), P), pad_id, dtype=torch.long)  # (B, P)
-            attn = torch.zeros((len(idx), P), dtype=torch.long)  # (B, P)
-            for row, i in enumerate(idx):
-                x[row, P - len(ids[i]):] = torch.tensor(ids[i], dtype=torch.long)
-                attn[row, P - len(ids[i]):] = 1
+            x, attn = left_pad([ids[i] for i in idx], pad_id)  # (B, P)
+            P = x.shape[1]
             cfg = GenerationConfig(max_new_tokens=max(budgets[i] for i in idx), pad_token_id=pad_id,
                                    eos_token_id=eos, **sampling)
             seq = model.generate(input_ids=x.to(device), attention_mask=attn.to(device), generation_config=cfg)

@@ -379,11 +379,8 @@ def grade(records, workers=1, chunk=512):
 
 def load_reward_model(path, kind, cfg, device):
     """rewards.load_reward_model with the CLI's tag/token flags; a bad checkpoint is a RunError."""
-    try:
-        return rewards.load_reward_model(path, kind=kind, step_tag=cfg.step_tag or None,
-                                         pos_token=cfg.pos_token, neg_token=cfg.neg_token, device=device)
-    except (OSError, ValueError) as e:
-        raise common.RunError(f"cannot load the {kind.upper()} {path!r}: {e}") from None
+    return rewards.load_reward_model_or_exit(path, kind, step_tag=cfg.step_tag or None,
+                                             pos_token=cfg.pos_token, neg_token=cfg.neg_token, device=device)
 
 
 def score_with_reward_models(records, cfg, device):

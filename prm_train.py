@@ -377,11 +377,8 @@ def sample_n(model, tokenizer, texts, n, budgets, temperature, top_p):
     eos = sorted(common.model_eos_ids(model, tokenizer))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts for _ in range(n)]
-    B, P, device = len(ids), max(len(x) for x in ids), next(model.parameters()).device
-    x = torch.full((B, P), pad_id, dtype=torch.long)  # (B, P) left-padded
-    attn = torch.zeros((B, P), dtype=torch.long)
-    for i, row in enumerate(ids):
-        x[i, P - len(row):], attn[i, P - len(row):] = torch.tensor(row, dtype=torch.long), 1
+    device = next(model.parameters()).device
+    x, attn = common.left_pad(ids, pad_id)  # (B, P)
     gen = torch.Generator(device=device).manual_seed(int(torch.randint(2 ** 62, ())))
     model.eval()
     resp, lengths, finished = common.sample(model, x.to(device), attn.to(device),

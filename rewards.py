@@ -40,7 +40,7 @@ import re
 import torch
 from tqdm import tqdm
 
-from common import _tokenizer_from_pretrained, build_prompt, is_master
+from common import RunError, _tokenizer_from_pretrained, build_prompt, is_master
 from grading import grade_batch, is_correct
 
 DEFAULT_STEP_SEP = "\n\n"
@@ -768,3 +768,12 @@ def load_reward_model(path, kind="prm", step_tag=None, pos_token="+", neg_token=
     model.to(device).eval().requires_grad_(False)
     return RewardModel(model, tokenizer, kind, step_tag, pos_token, neg_token, input_format, step_sep,
                        device, head=head, batch_size=batch_size, prompt=meta.get("prompt", "auto"))
+
+
+def load_reward_model_or_exit(path, kind="prm", shown=None, **kwargs):
+    """load_reward_model for a command line: a checkpoint that cannot be loaded is one RunError line,
+    "cannot load the PRM 'path': why" (`shown`: the path as the user typed it, default `path`)."""
+    try:
+        return load_reward_model(path, kind=kind, **kwargs)
+    except (OSError, ValueError) as e:
+        raise RunError(f"cannot load the {kind.upper()} {shown or path!r}: {e}") from None

@@ -379,12 +379,9 @@ def main(argv=None):
         raise common.RunError(f"cannot read --dataset {cfg.dataset!r}: {e}") from None
     if not problems or any(not p.get("solution") for p in problems):
         raise common.RunError(f"--dataset {cfg.dataset!r}: the probe needs rows with a gold `solution`")
-    try:
-        rm = rewards.load_reward_model(common.model_source(cfg.prm, "--prm", "train one with prm_train.py"),
-                                       kind="prm", step_tag=cfg.step_tag or None,
-                                       device=None if cfg.device == "auto" else cfg.device)
-    except (OSError, ValueError) as e:
-        raise common.RunError(f"cannot load the PRM {cfg.prm!r}: {e}") from None
+    rm = rewards.load_reward_model_or_exit(common.model_source(cfg.prm, "--prm", "train one with prm_train.py"),
+                                           "prm", shown=cfg.prm, step_tag=cfg.step_tag or None,
+                                           device=None if cfg.device == "auto" else cfg.device)
     res = probe(problems, lambda qs, steps: rewards.score_responses(rm, qs, steps, cfg.rm_batch_size), cfg)
     res["config"] = dataclasses.asdict(cfg)
     res["wall_seconds"] = time.time() - t0

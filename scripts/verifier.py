@@ -240,12 +240,9 @@ def main(argv=None):
     if not pairs:
         raise common.RunError(f"no correct solution with a work step {cfg.step} holding '= <number>' "
                               f"(left out: {skipped}); try a smaller --step")
-    try:
-        rm = rewards.load_reward_model(common.model_source(cfg.prm, "--prm", "train one with prm_train.py"),
-                                       kind="prm", step_tag=cfg.step_tag or None,
-                                       device=None if cfg.device == "auto" else cfg.device)
-    except (OSError, ValueError) as e:
-        raise common.RunError(f"cannot load the PRM {cfg.prm!r}: {e}") from None
+    rm = rewards.load_reward_model_or_exit(common.model_source(cfg.prm, "--prm", "train one with prm_train.py"),
+                                           "prm", shown=cfg.prm, step_tag=cfg.step_tag or None,
+                                           device=None if cfg.device == "auto" else cfg.device)
     # 3.-4. one batched PRM call, then the comparison
     res = verify(pairs, lambda qs, steps: rewards.score_responses(rm, qs, steps, cfg.rm_batch_size), cfg.step)
     res.update(skipped=skipped, split=None if cfg.policy_samples else common.eval_split(cfg.dataset, cfg.split),
