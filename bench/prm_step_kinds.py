@@ -18,13 +18,17 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
 import rewards  # noqa: E402
+from ablation import EXTRA_STEPS  # noqa: E402  (the world's restatement and check prefixes)
+
+RESTATE, CHECK = EXTRA_STEPS
 
 
 def kind(step):
-    if step.startswith("So far"):
+    if step.startswith(RESTATE):
         return "restate"
-    if step.startswith("Check:"):
+    if step.startswith(CHECK):
         return "check"
     return "answer" if "boxed" in step else "operation"
 
