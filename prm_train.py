@@ -64,8 +64,18 @@ Departures from Math-Shepherd / the paper [decisions, flags]
     ("not wrong"); the trajectory follows the chosen completion and stops at the first -1 step.
   - Correct solutions are not rolled out by default (--no-mc-correct): their hard labels are 1
     exactly (see 1d); soft labels then exist only for incorrect solutions.
-  - --extra-layers / --train-only-extra (used for the shipped arith models): the reward model is
-    the policy plus identity-initialised layers on top, and only those are trained (grow_layers).
+  - --extra-layers / --train-only-extra: the reward model is the policy plus identity-initialised
+    layers on top (grow_layers); --train-only-extra trains only those.
+
+The implicit form (--form implicit; Yuan et al. 2024, arXiv 2412.01981; our addition, METHOD §5)
+  No tag and no extra layers: the reward model is --init itself, trained, and a frozen copy of
+  --init is its reference pi_ref (saved in <out_dir>/ref). Its input is the policy's own text
+  (build_prompt(question) + steps joined by the separator); the margin after step k is
+      m_k = beta * sum_{first response token <= t <= last token of step k} log pi(y_t) - log pi_ref(y_t)
+  (rewards.implicit_margins), trained with the same BCE on the same labels as 2c; an ORM reads
+  only the last step's m. It starts at m = 0 (every score 1/2) from a model that already predicts
+  every digit: the shipped arith reward models use it, because the tag form never learned to check
+  arithmetic at this scale (README, "Reward models as verifiers").
 
 Commands
   CPU, the shipped arith PRM and ORM (scripts/build_arith.sh runs exactly this: labels on 2 ranks
@@ -75,10 +85,12 @@ Commands
     torchrun --standalone --nproc_per_node=2 prm_train.py --init models/arith-policy --label-only \\
         --labels-path out/arith-labels.jsonl --num-problems 4096 --samples-per-problem 4 --completions 8
     cat out/arith-labels.jsonl.rank0 out/arith-labels.jsonl.rank1 > out/arith-labels.jsonl
-    python prm_train.py --init models/arith-policy --data out/arith-labels.jsonl --extra-layers 2 \\
-        --lr 3e-4 --min-lr 3e-5 --epochs 4 --out-dir models/arith-prm
-    python prm_train.py --init models/arith-policy --data out/arith-labels.jsonl --extra-layers 2 \\
-        --lr 3e-4 --min-lr 3e-5 --epochs 4 --objective outcome --out-dir models/arith-orm
+    python prm_train.py --init models/arith-policy --data out/arith-labels.jsonl --form implicit \\
+        --beta 0.5 --lr 3e-4 --min-lr 3e-5 --epochs 6 --out-dir models/arith-prm
+    python prm_train.py --init models/arith-policy --data out/arith-labels.jsonl --form implicit \\
+        --beta 0.5 --lr 3e-4 --min-lr 3e-5 --epochs 6 --objective outcome --out-dir models/arith-orm
+  (the tag-form models/arith-prm-tag and arith-orm-tag: --extra-layers 2 --lr 3e-4 --min-lr 3e-5
+  --epochs 4 instead of --form implicit --beta 0.5 ... --epochs 6)
   One GPU, a Qwen2.5-Math PRM from a policy's own samples on MATH (labels, then training):
     python prm_train.py --init Qwen/Qwen2.5-Math-1.5B-Instruct --dataset math --split train \\
         --num-problems 7500 --samples-per-problem 8 --completions 8 --max-new-tokens 1024 \\
@@ -130,6 +142,10 @@ class Config:
     neg_token: str = field("-", "label token read as 'bad' at the tag")
     input_format: str = field("chat", "reward-model input text (see rewards.rm_input_text)",
                               choices=("chat", "math-shepherd"))
+    form: str = field("tag", "tag: P(pos) read at a step tag (Math-Shepherd, the paper's PRM); implicit: step k's "
+                      "margin is beta * the sum of log pi/pi_ref over the response up to step k, pi_ref = --init "
+                      "(no tag, no extra layers; docstring 'The implicit form')", choices=("tag", "implicit"))
+    beta: float = field(0.5, "--form implicit: the scale of the log-ratio sum")
     extra_layers: int = field(0, "decoder layers appended to --init, starting as the identity (grow_layers)")
     train_only_extra: bool = field(False, "freeze the --init layers and embeddings; train the extra layers "
                                           "and the final norm (needs --extra-layers > 0)")
@@ -198,6 +214,11 @@ def check_config(cfg):
                    "(Monte-Carlo labels need sampled completions)")
     common.require(0 < cfg.top_p <= 1, f"--top-p {cfg.top_p}: must be in (0, 1]")
     common.require(0 <= cfg.eval_frac < 1, f"--eval-frac {cfg.eval_frac}: must be in [0, 1)")
+    if cfg.form == "implicit":
+        common.require(cfg.extra_layers == 0 and not cfg.train_only_extra,
+                       "--form implicit: the model is --init itself (its reference); --extra-layers must be 0")
+        common.require(cfg.input_format == "chat", "--form implicit reads the policy's own text: --input-format chat")
+        common.require(0 < cfg.beta < float("inf"), f"--beta {cfg.beta}: must be > 0")
     common.require(cfg.epochs > 0 or cfg.max_steps > 0, "need --epochs > 0 or --max-steps > 0")
     common.require(cfg.lr > 0 and cfg.min_lr >= 0, f"--lr {cfg.lr} / --min-lr {cfg.min_lr}: need lr > 0 and min-lr >= 0")
     if not cfg.mc_correct and not cfg.include_self:
@@ -501,7 +522,8 @@ def grow_layers(model, n):
 
 
 def build_examples(tokenizer, records, kind, tag_id, soft, cfg):
-    """(ids, tag positions, targets) per record, inputs from rewards.rm_input_text (the scorer's own).
+    """(ids, tag positions, targets) per record, inputs from rewards.rm_input_text (the scorer's own);
+    --form implicit: (ids, step-end positions, targets, first response token) from rewards.implicit_input.
 
     PRM targets: the soft MC fractions, or hard = 1 when the fraction is > 0 (some rollout reached the
     gold: Math-Shepherd's hard estimate, not a 0.5 threshold). ORM target: the solution's correctness.
@@ -516,13 +538,19 @@ def build_examples(tokenizer, records, kind, tag_id, soft, cfg):
             targets = [float(y) if soft else float(y > 0) for y in r["labels"]]
         else:
             targets = [float(r["correct"])]
-        text, spans = rewards.rm_input_text(tokenizer, r["question"], r["steps"], cfg.step_tag, kind,
-                                            cfg.input_format, cfg.step_sep, cfg.prompt)
-        ids, pos = rewards.encode_rm_input(tokenizer, text, spans, tag_id, add_special)
+        if cfg.form == "implicit":  # (ids, step ends, targets, first response token)
+            ids, pos, start = rewards.implicit_input(tokenizer, r["question"], r["steps"], kind, cfg.step_sep,
+                                                     cfg.prompt, add_special)
+            example = (ids, pos, targets, start)
+        else:
+            text, spans = rewards.rm_input_text(tokenizer, r["question"], r["steps"], cfg.step_tag, kind,
+                                                cfg.input_format, cfg.step_sep, cfg.prompt)
+            ids, pos = rewards.encode_rm_input(tokenizer, text, spans, tag_id, add_special)
+            example = (ids, pos, targets)
         if len(ids) > cfg.max_len:
             dropped += 1
             continue
-        examples.append((ids, pos, targets))
+        examples.append(example)
     return examples, dropped
 
 
@@ -536,7 +564,7 @@ def collate(examples, pad_id):
     pos = torch.zeros(B, K, dtype=torch.long)
     tgt = torch.zeros(B, K, dtype=torch.float)
     tmask = torch.zeros(B, K, dtype=torch.bool)
-    for b, (i, p, t) in enumerate(examples):
+    for b, (i, p, t) in enumerate(e[:3] for e in examples):
         ids[b, : len(i)] = torch.tensor(i)
         attn[b, : len(i)] = 1
         pos[b, : len(p)] = torch.tensor(p)
@@ -556,6 +584,18 @@ class TagScorer(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, tag_pos):
         return rewards.tag_margins(self.model, None, input_ids, attention_mask, tag_pos, self.label_ids)
+
+
+class ImplicitScorer(torch.nn.Module):
+    """--form implicit: forward -> (B, K) margins beta * sum of log pi / pi_ref up to each step end."""
+
+    def __init__(self, model, ref, beta):
+        super().__init__()
+        self.model, self.beta = model, beta
+        self.__dict__["ref"] = ref  # NOTE: not a submodule: frozen, never synced, never saved with the model
+
+    def forward(self, input_ids, attention_mask, tag_pos, start):
+        return rewards.implicit_margins(self.model, self.ref, input_ids, attention_mask, start, tag_pos, self.beta)
 
 
 def bce_sum(margins, targets, tag_mask):
@@ -689,6 +729,8 @@ def build_model(cfg, device):
     eos = sorted(common.model_eos_ids(model, tokenizer))  # NOTE: every EOS id (Qwen: <|im_end|>, <|endoftext|>)
     model.generation_config.eos_token_id = eos[0] if len(eos) == 1 else eos
     model.to(device)
+    if cfg.form == "implicit":  # no tag, no label tokens, no growth: the policy itself learns
+        return model, tokenizer, (None, None, None)
     where = dict(input_format=cfg.input_format, step_sep=cfg.step_sep, prompt=cfg.prompt)
     added = None
     try:
@@ -742,8 +784,9 @@ def train_only_row(weight, row):
     weight.register_hook(lambda g: g * mask)
 
 
-def train(cfg, rt, logger, model, pad_id, examples, label_ids, kind):
-    """2c. BCE at the tags, DDP under torchrun; batch_size is global. -> (last row, steps, seconds)."""
+def train(cfg, rt, logger, model, pad_id, examples, label_ids, kind, ref=None):
+    """2c. BCE at the tags (or, with `ref`, at the implicit form's step ends), DDP under torchrun;
+    batch_size is global. -> (last row, steps, seconds)."""
     if cfg.batch_size % (rt.world_size * cfg.micro_batch_size):
         raise RunError(f"--batch-size {cfg.batch_size} must divide by world_size {rt.world_size} x "
                        f"--micro-batch-size {cfg.micro_batch_size}")
@@ -756,7 +799,7 @@ def train(cfg, rt, logger, model, pad_id, examples, label_ids, kind):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     ddp = dist.is_initialized()
-    fwd = scorer = TagScorer(model, label_ids)
+    fwd = scorer = TagScorer(model, label_ids) if ref is None else ImplicitScorer(model, ref, cfg.beta)
     if ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         fwd = DDP(scorer, device_ids=[torch.device(rt.device).index] if rt.device.startswith("cuda") else None)
@@ -781,11 +824,12 @@ def train(cfg, rt, logger, model, pad_id, examples, label_ids, kind):
         model.train()
         loss_sum, hit = 0.0, 0
         for m in range(accum):
-            ids, attn, tpos, tgt, tmask = (t.to(rt.device) for t in collate(
-                mine[m * cfg.micro_batch_size: (m + 1) * cfg.micro_batch_size], pad_id))
+            micro = mine[m * cfg.micro_batch_size: (m + 1) * cfg.micro_batch_size]
+            ids, attn, tpos, tgt, tmask = (t.to(rt.device) for t in collate(micro, pad_id))
+            start = () if ref is None else (torch.tensor([e[3] for e in micro], device=rt.device),)
             ctx = fwd.no_sync() if ddp and m < accum - 1 else contextlib.nullcontext()
             with ctx, rt.amp:
-                margins = fwd(ids, attn, tpos)  # (B, K) fp32
+                margins = fwd(ids, attn, tpos, *start)  # (B, K) fp32
             loss_b = bce_sum(margins, tgt, tmask)
             loss = loss_b * rt.world_size / n_tags  # NOTE: DDP averages over ranks; this makes sum / global count
             if not torch.isfinite(loss):
@@ -806,12 +850,15 @@ def train(cfg, rt, logger, model, pad_id, examples, label_ids, kind):
     return last, max_steps, time.time() - t_start
 
 
-def save_and_evaluate(cfg, rt, logger, model, tokenizer, eval_recs, kind, meta):
+def save_and_evaluate(cfg, rt, logger, model, tokenizer, eval_recs, kind, meta, ref=None):
     """Stage 3 (rank 0): save the unwrapped model, the tokenizer and meta.json (the scorer reads
-    its "reward_model" block), then evaluate the SAVED files on the held-out records."""
+    its "reward_model" block; --form implicit: the reference policy in <out_dir>/ref), then evaluate
+    the SAVED files on the held-out records."""
     # 3a. save
     model.save_pretrained(cfg.out_dir)
     tokenizer.save_pretrained(cfg.out_dir)
+    if ref is not None:
+        ref.save_pretrained(os.path.join(cfg.out_dir, "ref"))
     with open(os.path.join(cfg.out_dir, "meta.json"), "w") as f:
         json.dump(meta, f, indent=2)
     # 3b. held-out evaluation of the saved files
@@ -850,6 +897,10 @@ def main(argv=None):
     # 2. train: data, model and inputs, the BCE loop
     train_recs, eval_recs = load_split(cfg, labels_path, rt.world_size)
     model, tokenizer, (tag_id, pos_id, neg_id) = build_model(cfg, rt.device)
+    ref = None
+    if cfg.form == "implicit":  # the frozen reference: --init as it was
+        ref = common.load_model(cfg.init, "--init", MODEL_HINT, dtype=torch.float32).to(rt.device)
+        ref.eval().requires_grad_(False)
     examples, dropped = build_examples(tokenizer, train_recs, kind, tag_id, cfg.soft_labels, cfg)
     if cfg.soft_labels and kind == "prm" and any(r.get("soft") is False for r in train_recs):
         print0(f"NOTE: {sum(r.get('soft') is False for r in train_recs)} solutions were labeled without "
@@ -860,15 +911,18 @@ def main(argv=None):
     print0(f"model: {cfg.init} ({type(model).__name__}, {n_params / 1e6:.2f}M parameters); {kind.upper()} "
            f"examples {len(examples)} ({dropped} dropped > max_len), tags {sum(len(e[2]) for e in examples)}")
     last, max_steps, train_s = train(cfg, rt, logger, model, tokenizer.pad_token_id, examples,
-                                     (pos_id, neg_id), kind)
+                                     (pos_id, neg_id), kind, ref)
 
     # 3. save and evaluate
     rm_meta = {"kind": kind, "step_tag": cfg.step_tag, "pos_token": cfg.pos_token, "neg_token": cfg.neg_token,
                "input_format": cfg.input_format, "step_sep": cfg.step_sep, "prompt": cfg.prompt}
+    if ref is not None:
+        rm_meta = {"kind": kind, "form": "implicit", "beta": cfg.beta, "ref": "ref", "step_sep": cfg.step_sep,
+                   "prompt": cfg.prompt}
     meta = {"config": dataclasses.asdict(cfg), "reward_model": rm_meta, "step": max_steps, "metrics": last,
             "n_params": n_params, "train_wall_s": train_s, "command": "python " + " ".join(sys.argv)}
     if rt.master:
-        save_and_evaluate(cfg, rt, logger, model, tokenizer, eval_recs, kind, meta)
+        save_and_evaluate(cfg, rt, logger, model, tokenizer, eval_recs, kind, meta, ref)
     common.barrier()
 
 

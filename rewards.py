@@ -29,6 +29,9 @@ and decisions are in docs/METHOD.md. Every stage script imports them from here.
      step_scores_to_tensors maps reward-model scores to those tokens.
   5. Reward-model scoring (METHOD §5): PRM / ORM as causal LMs read at a step tag; one batching
      routine for every caller.                     -> load_reward_model, RewardModel, score_responses
+     The implicit form (METHOD §5, "Implicit PRM") reads no tag: step k's margin is
+     beta * sum of log pi(y_t) / pi_ref(y_t) over the response tokens up to the end of step k, with
+     pi_ref the policy the reward model started from.  -> implicit_input, implicit_margins
 
 Shape legend: B responses, T response tokens, K steps (right-padded, with a bool mask).
 """
@@ -597,6 +600,55 @@ def tag_margins(model, head, input_ids, attention_mask, tag_pos, label_ids):
     return logits[..., 0] - logits[..., 1]
 
 
+def implicit_input(tokenizer, question, steps, kind, step_sep=DEFAULT_STEP_SEP, prompt="auto",
+                   add_special_tokens=False):
+    """The implicit reward model's input: the policy's own text, no tags.
+
+    Returns (ids, ends, start): ids of build_prompt(question) + step_sep.join(steps); ends[k] = the
+    index of the token holding step k's last character (PRM: every step; ORM: the last one only);
+    start = the index of the token holding the first response character. Empty steps: ends = [].
+    """
+    head = build_prompt(tokenizer, question, prompt)
+    text, char_ends = head, []
+    for k, step in enumerate(steps):
+        text += (step_sep if k else "") + step
+        char_ends.append(len(text))
+    enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+
+    def holding(c):  # the last token that starts at or before char c
+        return max(i for i, (a, b) in enumerate(offsets) if a <= c and b > a)
+
+    ends = [holding(e - 1) for e in char_ends]
+    if kind == "orm":
+        ends = ends[-1:]
+    start = holding(len(head)) if steps and len(text) > len(head) else len(enc["input_ids"])
+    return enc["input_ids"], ends, max(start, 1)
+
+
+def implicit_margins(model, ref, input_ids, attention_mask, start, ends, beta):
+    """beta * sum_{start <= t <= ends[b, k]} [log pi(x_t | x_<t) - log pi_ref(x_t | x_<t)], fp32 (B, K).
+
+    input_ids, attention_mask: (B, L) right-padded; start: (B,) first response token (>= 1); ends:
+    (B, K) step-end token indices (padding entries: anything, their values are meaningless). Differentiable through `model`; `ref` runs without grads.
+    NOTE: the log-softmax is over the full vocabulary for every position: fine for the arith world,
+    several GB per batch at a 150k vocabulary (score with a small batch there).
+    """
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    target = input_ids[:, 1:, None]  # token t + 1 is predicted at t
+
+    def logp(m):
+        logits = m(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        return torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, target)[..., 0]  # (B, L-1)
+
+    with torch.no_grad():
+        ref_logp = logp(ref)
+    t = torch.arange(1, input_ids.shape[1], device=input_ids.device)[None]  # position of each target
+    keep = (t >= start[:, None]) & attention_mask[:, 1:].bool()
+    cum = ((logp(model) - ref_logp) * keep).cumsum(1)  # (B, L-1): running sum up to token t + 1
+    return beta * cum.gather(1, (ends - 1).clamp(min=0))  # padding entries (ends 0): any value
+
+
 def _pad_batch(rows, pad_id, device):
     """Right-pad token-id lists and tag-position lists. -> ids (B, L), attn (B, L), pos (B, K), kmask (B, K)."""
     B = len(rows)
@@ -618,29 +670,40 @@ class RewardModel:
     """A loaded PRM / ORM. `score(questions, responses)` -> per response, P(pos) at each step tag."""
 
     def __init__(self, model, tokenizer, kind, step_tag, pos_token, neg_token, input_format,
-                 step_sep, device, head=None, batch_size=16, prompt="auto"):
+                 step_sep, device, head=None, batch_size=16, prompt="auto", ref=None, beta=None):
         self.model, self.tokenizer, self.head, self.prompt = model, tokenizer, head, prompt
         self.kind, self.step_tag, self.input_format, self.step_sep = kind, step_tag, input_format, step_sep
         self.pos_token, self.neg_token = pos_token, neg_token
         self.device, self.batch_size = device, batch_size
+        self.ref, self.beta = ref, beta  # the implicit form: no tag, a reference policy
+        self.add_special_tokens = input_format == "math-shepherd" or not getattr(tokenizer, "chat_template", None)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        if ref is not None:
+            self.tag_id = self.pos_id = self.neg_id = None
+            return
         where = f"the tokenizer of {getattr(tokenizer, 'name_or_path', '?')!r}"
         labels = (pos_token, neg_token) if head is None else (None, None)
         # NOTE: the tag is checked here, at load, on probe inputs: never first found after a rollout
         self.tag_id, self.pos_id, self.neg_id = resolve_rm_tokens(tokenizer, step_tag, *labels, where=where,
                                                                   input_format=input_format, step_sep=step_sep,
                                                                   prompt=prompt)
-        self.add_special_tokens = input_format == "math-shepherd" or not getattr(tokenizer, "chat_template", None)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def encode(self, question, steps):
-        """(ids, tag token positions) for one question and its list of steps."""
+        """(ids, tag token positions) for one question and its list of steps; the implicit form:
+        (ids, step-end token positions, first response token) from implicit_input."""
+        if self.ref is not None:
+            return implicit_input(self.tokenizer, question, steps, self.kind, self.step_sep, self.prompt,
+                                  self.add_special_tokens)
         text, spans = rm_input_text(self.tokenizer, question, steps, self.step_tag, self.kind,
                                     self.input_format, self.step_sep, self.prompt)
         return encode_rm_input(self.tokenizer, text, spans, self.tag_id, self.add_special_tokens)
 
     def margins(self, rows):
-        """Batch of (ids, positions) rows -> (B, K) margins (differentiable) and (B, K) bool mask."""
-        ids, attn, pos, kmask = _pad_batch(rows, self.pad_id, self.device)
+        """Batch of encode() rows -> (B, K) margins (differentiable) and (B, K) bool mask."""
+        ids, attn, pos, kmask = _pad_batch([r[:2] for r in rows], self.pad_id, self.device)
+        if self.ref is not None:
+            start = torch.tensor([r[2] for r in rows], device=ids.device)
+            return implicit_margins(self.model, self.ref, ids, attn, start, pos, self.beta), kmask
         return tag_margins(self.model, self.head, ids, attn, pos, (self.pos_id, self.neg_id)), kmask
 
     def score(self, questions, responses, batch_size=None):
@@ -729,6 +792,8 @@ def load_reward_model(path, kind="prm", step_tag=None, pos_token="+", neg_token=
     checkpoint, detected from its config, defaults to "<extra_0>"). input_format=None: the saved one,
     else "math-shepherd" when the tag is "ки", "qwen-prm" for a 2-class head, else "chat".
     dtype=None: float32 on CPU, bfloat16 on CUDA with bf16 support. Frozen: eval(), no grads.
+    A checkpoint of prm_train.py --form implicit (meta.json form "implicit") loads with its reference
+    policy (the "ref" folder inside it) and reads no tag.
     A tag, label token or input format that cannot work with the tokenizer is a ValueError here,
     at load (resolve_rm_tokens), never at the first scoring.
     """
@@ -739,6 +804,17 @@ def load_reward_model(path, kind="prm", step_tag=None, pos_token="+", neg_token=
     meta = read_rm_meta(path)
     if meta.get("kind") and meta["kind"] != kind:
         print(f"NOTE: {path} was trained as a {meta['kind'].upper()}; scoring it as a {kind.upper()}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype is None:
+        dtype = torch.bfloat16 if str(device).startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    if meta.get("form") == "implicit":  # prm_train.py --form implicit: the model and its reference
+        ref_path = os.path.join(path, meta.get("ref", "ref"))
+        model, ref = (AutoModelForCausalLM.from_pretrained(p, dtype=dtype).to(device).eval().requires_grad_(False)
+                      for p in (path, ref_path))
+        return RewardModel(model, _tokenizer_from_pretrained(path), kind, None, None, None, "chat",
+                           step_sep or meta.get("step_sep") or DEFAULT_STEP_SEP, device, batch_size=batch_size,
+                           prompt=meta.get("prompt", "auto"), ref=ref, beta=float(meta["beta"]))
     config = AutoConfig.from_pretrained(path)
     two_class = any("ProcessRewardModel" in a for a in (getattr(config, "architectures", None) or []))
     if step_tag is None:
@@ -755,10 +831,6 @@ def load_reward_model(path, kind="prm", step_tag=None, pos_token="+", neg_token=
     if input_format not in RM_INPUT_FORMATS:
         raise ValueError(f"unknown input_format {input_format!r} (expected one of {RM_INPUT_FORMATS})")
     step_sep = step_sep or meta.get("step_sep") or DEFAULT_STEP_SEP
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype is None:
-        dtype = torch.bfloat16 if str(device).startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
     tokenizer = _tokenizer_from_pretrained(path)
     if two_class:
         model = AutoModel.from_pretrained(path, config=config, dtype=dtype)

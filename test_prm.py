@@ -586,3 +586,87 @@ def test_training_loss_over_ragged_batch_matches_per_row_loop(tiny_model_dir):
             for p, y in zip(row_pos, r["labels"]):
                 ref += _bce((logits[p, pos_id] - logits[p, neg_id]).item(), y)
     assert got == pytest.approx(ref, rel=1e-4)
+
+
+# --- the implicit form (prm_train.py --form implicit) -------------------------------------------
+
+def naive_implicit(model, ref, tok, question, steps, beta, kind="prm"):
+    """Reference: one unbatched forward of each model over the whole text; sum by hand, token by
+    token, log p_model - log p_ref from the first response token to the token ending each step."""
+    prompt = common.build_prompt(tok, question)
+    ids = tok(prompt + "\n\n".join(steps), add_special_tokens=False)["input_ids"]
+    start = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    ends = [len(tok(prompt + "\n\n".join(steps[: k + 1]), add_special_tokens=False)["input_ids"]) - 1
+            for k in range(len(steps))]
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+        lr = torch.log_softmax(ref(torch.tensor([ids])).logits[0].double(), -1)
+    out = []
+    for e in (ends if kind == "prm" else ends[-1:]):
+        m = sum(lp[t - 1, ids[t]].item() - lr[t - 1, ids[t]].item() for t in range(start, e + 1))
+        out.append(1 / (1 + math.exp(-beta * m)))
+    return out
+
+
+def test_implicit_scores_match_a_token_by_token_sum(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ref = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "ref", seed=1)).eval()
+    steps = [rewards.split_steps(r) for r in RS]
+    for kind in ("prm", "orm"):
+        rm = rewards.RewardModel(model, tok, kind, None, None, None, "chat", "\n\n", "cpu", ref=ref, beta=0.7)
+        got = rm.score(QS, RS, batch_size=2)  # ragged batches: padding must not change a score
+        for q, s, g in zip(QS, steps, got):
+            want = naive_implicit(model, ref, tok, q, s, 0.7, kind)
+            assert len(g) == len(want) and all(abs(a - b) < 1e-5 for a, b in zip(g, want))
+        assert any(abs(x - 0.5) > 1e-3 for g in got for x in g)  # the two models differ
+    same = rewards.RewardModel(model, tok, "prm", None, None, None, "chat", "\n\n", "cpu", ref=model, beta=0.7)
+    assert all(abs(x - 0.5) < 1e-6 for g in same.score(QS, RS) for x in g)  # pi = pi_ref: every score 1/2
+
+
+def test_a_few_implicit_training_steps_learn_step_labels(tiny_model_dir):
+    """The implicit form's BCE has the right sign: 40 steps from pi = pi_ref separate the toy labels."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval().requires_grad_(False)
+    cfg = prm_train.Config(form="implicit")
+    recs = _toy_records(32)
+    examples, _ = prm_train.build_examples(tok, recs, "prm", None, False, cfg)
+    scorer = prm_train.ImplicitScorer(model, ref, cfg.beta)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    ids, attn, pos, tgt, tmask = prm_train.collate(examples, tok.pad_token_id)
+    start = torch.tensor([e[3] for e in examples])
+    for _ in range(40):
+        loss = prm_train.bce_sum(scorer(ids, attn, pos, start), tgt, tmask) / tmask.sum()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    rm = rewards.RewardModel(model.eval(), tok, "prm", None, None, None, "chat", "\n\n", "cpu", ref=ref, beta=cfg.beta)
+    res = prm_train.evaluate_rm(rm, recs)
+    assert res["eval/step_auc"] > 0.9 and res["eval/step_acc"] > 0.8
+
+
+def test_implicit_training_run_saves_model_and_reference(tiny_model_dir, tmp_path):
+    data = tmp_path / "labels.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _toy_records(40)))
+    base = [sys.executable, os.path.join(ROOT, "prm_train.py"), "--init", tiny_model_dir, "--data", str(data),
+            "--form", "implicit", "--max-steps", "2", "--batch-size", "8", "--micro-batch-size", "4",
+            "--eval-frac", "0.3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "prm"
+    res = subprocess.run(base + ["--out-dir", str(out)], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    meta = json.loads((out / "meta.json").read_text())["reward_model"]
+    assert meta["form"] == "implicit" and meta["beta"] == 0.5 and (out / "ref" / "config.json").exists()
+    rm = rewards.load_reward_model(str(out), device="cpu")
+    ref_w = rm.ref.get_input_embeddings().weight
+    assert rm.ref is not rm.model and torch.equal(
+        ref_w, rewards.load_reward_model(tiny_model_dir, step_tag=TAG, device="cpu").model.get_input_embeddings().weight)
+    assert [len(x) for x in rm.score(QS, RS)] == [3, 2, 4]
+    res = subprocess.run(base + ["--extra-layers", "2", "--out-dir", str(tmp_path / "bad")], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT, env=env)
+    assert res.returncode == 2 and "--extra-layers must be 0" in res.stderr and "Traceback" not in res.stderr
