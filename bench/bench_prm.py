@@ -17,7 +17,7 @@ Benchmarks for prm_train.py and the reward-model scorer (README figures; not a t
 
 Usage (defaults: the shipped arith checkpoints, or a tiny random model when they are absent):
     python bench/bench_prm.py --threads 2
-    python bench/bench_prm.py --policy models/arith-policy --prm models/arith-prm --problems 64
+    python bench/bench_prm.py --policy models/arith-policy --prm models/arith-prm-tag --problems 64
 """
 
 import argparse
@@ -117,7 +117,8 @@ def bench_scoring(prm_dir, step_tag, problems, batch_size, repeats):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy", default=os.path.join(ROOT, "models", "arith-policy"))
-    p.add_argument("--prm", default=os.path.join(ROOT, "models", "arith-prm"))
+    p.add_argument("--prm", default=os.path.join(ROOT, "models", "arith-prm-tag"),
+                   help="a tag-form PRM (the scoring this benchmark times)")
     p.add_argument("--problems", type=int, default=32, help="problems to label")
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--completions", type=int, default=8)

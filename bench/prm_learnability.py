@@ -36,9 +36,10 @@ Usage (one thread, about 0.6 s a step at 32 solutions; the labeled file of scrip
     OMP_NUM_THREADS=1 python bench/prm_learnability.py --labels out/arith-labels.jsonl --mode fresh \
         --lr 1e-3 --weight-decay 0.1 --steps 3000 --eval-every 250
 
-Measured (README, "Reward models as verifiers"; labels of the v2 build): no mode makes the PRM check
-arithmetic in the budgets tried, while the policy's own log-probabilities pass the corruption test
-in 99% of pairs.
+Measured (README, "Reward models as verifiers"; labels of the v2 build): no tag-form mode learns to
+check arithmetic in the budgets tried (corruption 0.44-0.63 at step 400-500, fresh included), while
+the policy's own log-probabilities pass the corruption test in 99% of pairs and the implicit form
+reaches 0.84 at step 400 (AUC against the exact labels 0.83 at step 800).
 """
 
 import argparse

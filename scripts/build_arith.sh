@@ -4,11 +4,14 @@
 #   data/arith/{train,valid,test,sft}.jsonl + tokenizer/   data/arith/prepare.py (seconds)
 #   models/arith-policy    the starting policy: sft.py on the SFT demonstrations (slips, restatements, checks)
 #   out/arith-labels.jsonl Math-Shepherd Monte-Carlo step labels sampled from that policy (2 ranks)
-#   models/arith-prm       PRM: the policy + 2 layers, all trained, BCE at every step tag (logs in out/)
-#   models/arith-orm       ORM: the same recipe, one tag after the whole solution
+#   models/arith-prm       PRM: the implicit form (prm_train.py --form implicit): the policy, trained on the
+#                          step labels, its margins log-prob ratios against the policy (saved in ref/)
+#   models/arith-orm       ORM: the same recipe on the solutions' correctness (the last step only)
+#   (models/arith-prm-tag / arith-orm-tag, the v2 tag-form models the results table used, came from this
+#   script at commit 996eb7c: the same stages with "--extra-layers 2 ... --epochs 4" in stage 4)
 #
-# Usage (from the repository root; README "The arith world v2" gives each stage's time: 52 min in all
-# on 2 CPU cores, and every shipped file rebuilt byte-identical):
+# Usage (from the repository root; README "The arith world v2" gives each stage's time: about 53 min
+# in all on 2 CPU cores; the v2 build rebuilt every shipped file byte-identical):
 #     bash scripts/build_arith.sh                  # everything
 #     OUT=/tmp/arith LABELS=/tmp/arith/labels.jsonl bash scripts/build_arith.sh   # elsewhere
 #
@@ -39,7 +42,7 @@ torchrun --standalone --nproc_per_node=2 prm_train.py --init "$OUT/arith-policy"
 cat "$LABELS".rank0 "$LABELS".rank1 > "$LABELS"
 
 stamp "4/4 PRM and ORM (in parallel)"
-RM="--init $OUT/arith-policy --data $LABELS --extra-layers 2 --lr 3e-4 --min-lr 3e-5 --epochs 4"
+RM="--init $OUT/arith-policy --data $LABELS --form implicit --beta 0.5 --lr 3e-4 --min-lr 3e-5 --epochs 6"
 LOGS=$(dirname "$LABELS")
 python prm_train.py $RM --out-dir "$OUT/arith-prm" > "$LOGS/arith-prm.log" 2>&1 &
 prm=$!
