@@ -606,7 +606,8 @@ def implicit_input(tokenizer, question, steps, kind, step_sep=DEFAULT_STEP_SEP, 
 
     Returns (ids, ends, start): ids of build_prompt(question) + step_sep.join(steps); ends[k] = the
     index of the token holding step k's last character (PRM: every step; ORM: the last one only);
-    start = the index of the token holding the first response character. Empty steps: ends = [].
+    start = the index of the token holding the first response character. No steps: a PRM gets
+    ends = [], an ORM one entry whose sum is empty (score 1/2).
     """
     head = build_prompt(tokenizer, question, prompt)
     text, char_ends = head, []
@@ -620,9 +621,9 @@ def implicit_input(tokenizer, question, steps, kind, step_sep=DEFAULT_STEP_SEP, 
         return max(i for i, (a, b) in enumerate(offsets) if a <= c and b > a)
 
     ends = [holding(e - 1) for e in char_ends]
-    if kind == "orm":
-        ends = ends[-1:]
     start = holding(len(head)) if steps and len(text) > len(head) else len(enc["input_ids"])
+    if kind == "orm":  # one score, even without steps (as the tag ORM): then an empty sum, 1/2
+        ends = ends[-1:] or [len(enc["input_ids"]) - 1]
     return enc["input_ids"], ends, max(start, 1)
 
 
@@ -630,7 +631,8 @@ def implicit_margins(model, ref, input_ids, attention_mask, start, ends, beta):
     """beta * sum_{start <= t <= ends[b, k]} [log pi(x_t | x_<t) - log pi_ref(x_t | x_<t)], fp32 (B, K).
 
     input_ids, attention_mask: (B, L) right-padded; start: (B,) first response token (>= 1); ends:
-    (B, K) step-end token indices (padding entries: anything, their values are meaningless). Differentiable through `model`; `ref` runs without grads.
+    (B, K) step-end token indices (padding entries: anything, their values are meaningless).
+    Differentiable through `model`; `ref` runs without grads.
     NOTE: the log-softmax is over the full vocabulary for every position: fine for the arith world,
     several GB per batch at a 150k vocabulary (score with a small batch there).
     """

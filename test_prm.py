@@ -622,6 +622,7 @@ def test_implicit_scores_match_a_token_by_token_sum(tiny_model_dir, tmp_path):
             want = naive_implicit(model, ref, tok, q, s, 0.7, kind)
             assert len(g) == len(want) and all(abs(a - b) < 1e-5 for a, b in zip(g, want))
         assert any(abs(x - 0.5) > 1e-3 for g in got for x in g)  # the two models differ
+        assert rm.score(QS[:1], [""]) == ([[0.5]] if kind == "orm" else [[]])  # no steps: as the tag form
     same = rewards.RewardModel(model, tok, "prm", None, None, None, "chat", "\n\n", "cpu", ref=model, beta=0.7)
     assert all(abs(x - 0.5) < 1e-6 for g in same.score(QS, RS) for x in g)  # pi = pi_ref: every score 1/2
 
