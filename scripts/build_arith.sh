@@ -11,7 +11,7 @@
 #   script at commit 996eb7c: the same stages with "--extra-layers 2 ... --epochs 4" in stage 4)
 #
 # Usage (from the repository root; README "The arith world v2" gives each stage's time: about 53 min
-# in all on 2 CPU cores; the v2 build rebuilt every shipped file byte-identical):
+# in all on 2 CPU cores; every shipped file rebuilds byte-identical, checked stage by stage):
 #     bash scripts/build_arith.sh                  # everything
 #     OUT=/tmp/arith LABELS=/tmp/arith/labels.jsonl bash scripts/build_arith.sh   # elsewhere
 #
