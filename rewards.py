@@ -810,13 +810,14 @@ def load_reward_model(path, kind="prm", step_tag=None, pos_token="+", neg_token=
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    step_sep = step_sep or meta.get("step_sep") or DEFAULT_STEP_SEP
     if meta.get("form") == "implicit":  # prm_train.py --form implicit: the model and its reference
         ref_path = os.path.join(path, meta.get("ref", "ref"))
         model, ref = (AutoModelForCausalLM.from_pretrained(p, dtype=dtype).to(device).eval().requires_grad_(False)
                       for p in (path, ref_path))
-        return RewardModel(model, _tokenizer_from_pretrained(path), kind, None, None, None, "chat",
-                           step_sep or meta.get("step_sep") or DEFAULT_STEP_SEP, device, batch_size=batch_size,
-                           prompt=meta.get("prompt", "auto"), ref=ref, beta=float(meta["beta"]))
+        return RewardModel(model, _tokenizer_from_pretrained(path), kind, None, None, None, "chat", step_sep,
+                           device, batch_size=batch_size, prompt=meta.get("prompt", "auto"), ref=ref,
+                           beta=float(meta["beta"]))
     config = AutoConfig.from_pretrained(path)
     two_class = any("ProcessRewardModel" in a for a in (getattr(config, "architectures", None) or []))
     if step_tag is None:
@@ -832,7 +833,6 @@ def load_reward_model(path, kind="prm", step_tag=None, pos_token="+", neg_token=
             "qwen-prm" if two_class else "math-shepherd" if step_tag == MATH_SHEPHERD_TAG else "chat")
     if input_format not in RM_INPUT_FORMATS:
         raise ValueError(f"unknown input_format {input_format!r} (expected one of {RM_INPUT_FORMATS})")
-    step_sep = step_sep or meta.get("step_sep") or DEFAULT_STEP_SEP
     tokenizer = _tokenizer_from_pretrained(path)
     if two_class:
         model = AutoModel.from_pretrained(path, config=config, dtype=dtype)
