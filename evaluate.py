@@ -65,8 +65,9 @@ Sampling is reproducible for a fixed --seed, --batch-size and process count (not
 GPU kernels or bf16).
 
 Expected: models/arith-policy on the arith test split (greedy + 8 samples, ~2 min on 2 CPU
-cores): greedy_accuracy 0.788, sampling_accuracy 0.490, pass@8 0.912, maj@8 0.670, ~72 greedy
-response tokens, ~4 steps, no repeated steps or truncations (README, "The arith world v2"). A random policy
+cores): greedy_accuracy 0.528, sampling_accuracy 0.273, pass@8 0.748, maj@8 0.424 (--seed 0), ~72
+greedy response tokens, ~4 steps, no repeated steps or truncations; with --prm models/arith-prm
+--orm models/arith-orm --temperature 0.5, best-of-8 0.592 / 0.604 (README, "The arith world v3"). A random policy
 scores 0 with truncated_fraction ~1.
 
 Shapes: B sequences in a generate batch, P prompt tokens (left-padded), T generated tokens,

@@ -77,7 +77,7 @@ Commands
   8 GPUs, Qwen2.5-Math-7B-Instruct: the same flags with --micro-batch-size 4 and
       torchrun --nproc_per_node=8 ppo.py --fsdp --policy Qwen/Qwen2.5-Math-7B-Instruct --prompts-per-step 128 ...
 
-Expected (README, "The arith world v2"): --reward success raises the greedy and the sampling
+Expected (README, "The arith world v3"): --reward success raises the greedy and the sampling
 accuracy of the shipped start (valid 0.804 -> 0.866 greedy, 0.525 -> 0.626 sampling at seed 0, one
 thread; 3 seeds in the README).
 The greedy evals during training use the validation split (--eval-split auto); report the test

@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
-# Rebuild every shipped asset of the arith world (v2) from nothing but this repository:
+# Rebuild every shipped asset of the arith world (v3) from nothing but this repository:
 #
 #   data/arith/{train,valid,test,sft}.jsonl + tokenizer/   data/arith/prepare.py (seconds)
-#   models/arith-policy    the starting policy: sft.py on the SFT demonstrations (slips, restatements, checks)
-#   out/arith-labels.jsonl Math-Shepherd Monte-Carlo step labels sampled from that policy (2 ranks)
-#   models/arith-prm       PRM: the implicit form (prm_train.py --form implicit): the policy, trained on the
-#                          step labels, its margins log-prob ratios against the policy (saved in ref/)
+#   models/arith-policy    the starting policy: sft.py on the SFT demonstrations (slips, restatements,
+#                          checks), 1350 steps: greedy accuracy inside the 30-70% band
+#   models/arith-policy-v2 the same recipe run to 1500 steps (80% greedy): the v2 start, and the
+#                          network the reward models start from (a stronger reader of arithmetic)
+#   out/arith-labels.jsonl Math-Shepherd Monte-Carlo step labels sampled from models/arith-policy
+#   models/arith-prm       PRM: the implicit form (prm_train.py --form implicit): arith-policy-v2
+#                          trained on the step labels, its margins log-prob ratios against
+#                          arith-policy-v2 (saved in ref/)
 #   models/arith-orm       ORM: the same recipe on the solutions' correctness (the last step only)
-#   (models/arith-prm-tag / arith-orm-tag, the v2 tag-form models the results table used, came from this
-#   script at commit 996eb7c: the same stages with "--extra-layers 2 ... --epochs 4" in stage 4)
+#   (models/arith-prm-tag / arith-orm-tag, the v2 tag-form models the results table used, came from
+#   this script at commit 996eb7c: 1500-step policy, its labels, "--extra-layers 2 ... --epochs 4")
 #
-# Usage (from the repository root; README "The arith world v2" gives each stage's time: about 53 min
-# in all on 2 CPU cores; every shipped file rebuilds byte-identical, checked stage by stage):
+# Usage (from the repository root; README "The arith world v3" gives each stage's time: about 55 min
+# in all on 2 CPU cores):
 #     bash scripts/build_arith.sh                  # everything
 #     OUT=/tmp/arith LABELS=/tmp/arith/labels.jsonl bash scripts/build_arith.sh   # elsewhere
 #
 # Every stage runs with one thread per process (OMP_NUM_THREADS=1): CPU matmuls are not bit-identical
 # across thread counts, and with one thread the build is bit-reproducible on one machine. The two
-# cores are used by running two processes side by side (the labeler as 2 torchrun ranks, each
-# labelling its own chunks with a per-chunk seed; then the PRM and the ORM in parallel).
+# cores are used by running two processes side by side (the two SFT schedules; the labeler as 2
+# torchrun ranks, each labelling its own chunks with a per-chunk seed; then the PRM and the ORM).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
@@ -31,9 +35,16 @@ t0=$(date +%s)
 stamp "1/4 data"
 python data/arith/prepare.py
 
-stamp "2/4 policy (sft.py, ~18 min)"
-rm -rf "$OUT/arith-policy" "$OUT/arith-prm" "$OUT/arith-orm"   # a rebuild replaces them
-python sft.py --train-split sft --eval-split valid --out-dir "$OUT/arith-policy"
+stamp "2/4 policy and the reward models' base (two sft.py side by side, ~18 min)"
+rm -rf "$OUT/arith-policy" "$OUT/arith-policy-v2" "$OUT/arith-prm" "$OUT/arith-orm"   # a rebuild replaces them
+LOGS=$(dirname "$LABELS")
+python sft.py --train-split sft --eval-split valid --out-dir "$OUT/arith-policy" > "$LOGS/arith-policy.log" 2>&1 &
+pol=$!
+python sft.py --train-split sft --eval-split valid --max-steps 1500 --out-dir "$OUT/arith-policy-v2" \
+    > "$LOGS/arith-policy-v2.log" 2>&1 &
+base=$!
+wait $pol || { tail -5 "$LOGS/arith-policy.log"; exit 1; }
+wait $base || { tail -5 "$LOGS/arith-policy-v2.log"; exit 1; }
 
 stamp "3/4 Monte-Carlo labels (2 ranks)"
 rm -f "$LABELS" "$LABELS".rank*
@@ -42,8 +53,7 @@ torchrun --standalone --nproc_per_node=2 prm_train.py --init "$OUT/arith-policy"
 cat "$LABELS".rank0 "$LABELS".rank1 > "$LABELS"
 
 stamp "4/4 PRM and ORM (in parallel)"
-RM="--init $OUT/arith-policy --data $LABELS --form implicit --beta 0.5 --lr 3e-4 --min-lr 3e-5 --epochs 6"
-LOGS=$(dirname "$LABELS")
+RM="--init $OUT/arith-policy-v2 --data $LABELS --form implicit --beta 0.5 --lr 3e-4 --min-lr 3e-5 --epochs 6"
 python prm_train.py $RM --out-dir "$OUT/arith-prm" > "$LOGS/arith-prm.log" 2>&1 &
 prm=$!
 python prm_train.py $RM --objective outcome --out-dir "$OUT/arith-orm" > "$LOGS/arith-orm.log" 2>&1 &
