@@ -78,8 +78,8 @@ Commands
       torchrun --nproc_per_node=8 ppo.py --fsdp --policy Qwen/Qwen2.5-Math-7B-Instruct --prompts-per-step 128 ...
 
 Expected (README, "The arith world v3"): --reward success raises the greedy and the sampling
-accuracy of the shipped start (valid 0.804 -> 0.866 greedy, 0.525 -> 0.626 sampling at seed 0, one
-thread; 3 seeds in the README).
+accuracy of the shipped start (valid 0.552 -> 0.618 greedy, 0.307 -> 0.348 sampling at seed 0, one
+thread; 3 seeds in the README); --reward prm pads with restatements and checks and falls to 0.230.
 The greedy evals during training use the validation split (--eval-split auto); report the test
 split once, with evaluate.py.
 
