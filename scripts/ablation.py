@@ -1,7 +1,9 @@
 """
 The project's headline experiment (issues 7 and 15): the reward ablation of Gao et al. 2024 in
-miniature on the arith world, v2 (the start models/arith-policy, whose demonstrations already hold
-unneeded "So far we have ..." / "Check: ..." steps, and the shipped v2 PRM / ORM). PPO with twelve
+miniature on the arith world (the start --policy, whose demonstrations already hold unneeded
+"So far we have ..." / "Check: ..." steps, and the --prm / --orm). The README's table is the v2 one:
+--policy models/arith-policy-v2 --prm models/arith-prm-tag --orm models/arith-orm-tag; the defaults
+are the shipped v3 assets (models/arith-policy, the implicit arith-prm / arith-orm). PPO with twelve
 reward VARIANTS (below: a ppo.py --reward mode, for some with one more flag), several seeds, ppo.py's
 own defaults except the budget; every main run's final checkpoint evaluated once on the test split
 with evaluate.py; an optional eta sweep for clip / clip_delta judged on the validation split;
@@ -132,7 +134,7 @@ class Config:
     eval_limit: int = field(0, "evaluate.py --eval-limit: the first N problems of the split (0 = all 500)")
     eval_samples: int = field(4, "evaluate.py --samples for each trained policy and the start")
     bon_n: str = field("8,16", "best-of-N on the starting policy: one evaluate.py run per N (comma list)")
-    policy: str = field("models/arith-policy", "the starting policy (v2: its demonstrations already hold "
+    policy: str = field("models/arith-policy", "the starting policy (v2 and v3: its demonstrations already hold "
                         "unneeded steps; the v1 results used the verbose start of make_verbose_policy)")
     prm: str = field("models/arith-prm", "PRM for every variant but success / orm, and best-of-N")
     orm: str = field("models/arith-orm", "ORM for the orm runs and best-of-N")
