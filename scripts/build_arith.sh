@@ -30,6 +30,7 @@ OUT=${OUT:-models}
 LABELS=${LABELS:-out/arith-labels.jsonl}
 mkdir -p "$OUT" "$(dirname "$LABELS")"
 stamp() { echo "[build_arith $(date +%H:%M:%S)] $*"; }
+wait_ok() { wait "$1" || { tail -5 "$2"; exit 1; }; }   # wait_ok PID LOG: a failed job stops the build
 t0=$(date +%s)
 
 stamp "1/4 data"
@@ -43,8 +44,8 @@ pol=$!
 python sft.py --train-split sft --eval-split valid --max-steps 1500 --out-dir "$OUT/arith-policy-v2" \
     > "$LOGS/arith-policy-v2.log" 2>&1 &
 base=$!
-wait $pol || { tail -5 "$LOGS/arith-policy.log"; exit 1; }
-wait $base || { tail -5 "$LOGS/arith-policy-v2.log"; exit 1; }
+wait_ok $pol "$LOGS/arith-policy.log"
+wait_ok $base "$LOGS/arith-policy-v2.log"
 
 stamp "3/4 Monte-Carlo labels (2 ranks)"
 rm -f "$LABELS" "$LABELS".rank*
@@ -58,6 +59,6 @@ python prm_train.py $RM --out-dir "$OUT/arith-prm" > "$LOGS/arith-prm.log" 2>&1 
 prm=$!
 python prm_train.py $RM --objective outcome --out-dir "$OUT/arith-orm" > "$LOGS/arith-orm.log" 2>&1 &
 orm=$!
-wait $prm || { tail -5 "$LOGS/arith-prm.log"; exit 1; }
-wait $orm || { tail -5 "$LOGS/arith-orm.log"; exit 1; }
+wait_ok $prm "$LOGS/arith-prm.log"
+wait_ok $orm "$LOGS/arith-orm.log"
 stamp "done in $(( ($(date +%s) - t0) / 60 )) min"
