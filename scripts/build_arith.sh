@@ -15,7 +15,7 @@
 #   (models/arith-prm-tag / arith-orm-tag, the v2 tag-form models the results table used, came from
 #   this script at commit 996eb7c: 1500-step policy, its labels, "--extra-layers 2 ... --epochs 4")
 #
-# Usage (from the repository root; README "The arith world v3" gives each stage's time: about 55 min
+# Usage (from the repository root; README "The arith world v3" gives each stage's time: 46 min
 # in all on 2 CPU cores):
 #     bash scripts/build_arith.sh                  # everything
 #     OUT=/tmp/arith LABELS=/tmp/arith/labels.jsonl bash scripts/build_arith.sh   # elsewhere
@@ -37,7 +37,7 @@ t0=$(date +%s)
 stamp "1/4 data"
 python data/arith/prepare.py
 
-stamp "2/4 policy and the reward models' base (two sft.py side by side, ~18 min)"
+stamp "2/4 policy and the reward models' base (two sft.py side by side, ~16 min)"
 rm -rf "$OUT/arith-policy" "$OUT/arith-policy-v2" "$OUT/arith-prm" "$OUT/arith-orm"   # a rebuild replaces them
 LOGS=$(dirname "$LABELS")
 python sft.py --train-split sft --eval-split valid --out-dir "$OUT/arith-policy" > "$LOGS/arith-policy.log" 2>&1 &
