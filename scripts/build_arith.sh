@@ -9,9 +9,10 @@
 #   out/arith-labels.jsonl Math-Shepherd Monte-Carlo step labels sampled from models/arith-policy
 #   models/arith-prm       PRM: the implicit form (prm_train.py --form implicit): arith-policy-v2
 #                          trained on the step labels (the soft Monte-Carlo fractions as targets,
-#                          --soft-labels), its margins log-prob ratios against arith-policy-v2
-#                          (saved in ref/)
-#   models/arith-orm       ORM: the same recipe on the solutions' correctness (the last step only)
+#                          --soft-labels) for 10 epochs, its margins log-prob ratios against
+#                          arith-policy-v2 (saved in ref/)
+#   models/arith-orm       ORM: the same recipe on the solutions' correctness (the last step only),
+#                          6 epochs
 #   (models/arith-prm-tag / arith-orm-tag, the v2 tag-form models the results table used, came from
 #   this script at commit 996eb7c: 1500-step policy, its labels, "--extra-layers 2 ... --epochs 4")
 #
@@ -55,10 +56,10 @@ torchrun --standalone --nproc_per_node=2 prm_train.py --init "$OUT/arith-policy"
 cat "$LABELS".rank0 "$LABELS".rank1 > "$LABELS"
 
 stamp "4/4 PRM and ORM (in parallel)"
-RM="--init $OUT/arith-policy-v2 --data $LABELS --form implicit --beta 0.5 --lr 3e-4 --min-lr 3e-5 --epochs 6"
-python prm_train.py $RM --soft-labels --out-dir "$OUT/arith-prm" > "$LOGS/arith-prm.log" 2>&1 &
+RM="--init $OUT/arith-policy-v2 --data $LABELS --form implicit --beta 0.5 --lr 3e-4 --min-lr 3e-5"
+python prm_train.py $RM --soft-labels --epochs 10 --out-dir "$OUT/arith-prm" > "$LOGS/arith-prm.log" 2>&1 &
 prm=$!
-python prm_train.py $RM --objective outcome --out-dir "$OUT/arith-orm" > "$LOGS/arith-orm.log" 2>&1 &
+python prm_train.py $RM --objective outcome --epochs 6 --out-dir "$OUT/arith-orm" > "$LOGS/arith-orm.log" 2>&1 &
 orm=$!
 wait_ok $prm "$LOGS/arith-prm.log"
 wait_ok $orm "$LOGS/arith-orm.log"
