@@ -16,7 +16,7 @@
 #   (models/arith-prm-tag / arith-orm-tag, the v2 tag-form models the results table used, came from
 #   this script at commit 996eb7c: 1500-step policy, its labels, "--extra-layers 2 ... --epochs 4")
 #
-# Usage (from the repository root; README "The arith world v3" gives each stage's time: 46 min
+# Usage (from the repository root; README "The arith world v3" gives each stage's time: 56 min
 # in all on 2 CPU cores):
 #     bash scripts/build_arith.sh                  # everything
 #     OUT=/tmp/arith LABELS=/tmp/arith/labels.jsonl bash scripts/build_arith.sh   # elsewhere
