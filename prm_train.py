@@ -79,7 +79,7 @@ The implicit form (--form implicit; Yuan et al. 2024, arXiv 2412.01981; our addi
 
 Commands
   CPU, the shipped arith PRM and ORM (scripts/build_arith.sh runs exactly this: labels on 2 ranks
-  17.5 min, then the two trainings side by side, 26.5 min for the PRM's 10 epochs, on 2 cores;
+  17.5 min, then the two trainings side by side, 26 min for the PRM's 10 epochs, on 2 cores;
   OMP_NUM_THREADS=1 keeps every stage bit-reproducible on one machine):
     export OMP_NUM_THREADS=1
     torchrun --standalone --nproc_per_node=2 prm_train.py --init models/arith-policy --label-only \\
