@@ -627,6 +627,33 @@ def test_implicit_scores_match_a_token_by_token_sum(tiny_model_dir, tmp_path):
     assert all(abs(x - 0.5) < 1e-6 for g in same.score(QS, RS) for x in g)  # pi = pi_ref: every score 1/2
 
 
+def test_logprob_readout_matches_the_implicit_margins(tiny_model_dir, tmp_path):
+    """bench/logprob_readout.py's zero-training readout: its min cumulative sum is the min over steps
+    of the implicit margin / beta (naive_implicit, an unbatched hand sum); without a reference, the
+    log-probs are all <= 0, so it is the response's whole log-likelihood (summed here by hand)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import logprob_readout
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ref = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "ref", seed=1)).eval()
+    for q, r in zip(QS, RS):
+        steps = rewards.split_steps(r)
+        want = min(math.log(x / (1 - x)) / 0.5 for x in naive_implicit(model, ref, tok, q, steps, 0.5))
+        cum, step = logprob_readout.readouts(model, ref, tok, q, r, "\n\n")
+        assert cum == pytest.approx(want, abs=1e-3)
+        prompt = common.build_prompt(tok, q)
+        ids = tok(prompt + "\n\n".join(steps), add_special_tokens=False)["input_ids"]
+        start = len(tok(prompt, add_special_tokens=False)["input_ids"])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+        total = sum(lp[t - 1, ids[t]].item() for t in range(start, len(ids)))
+        cum0, step0 = logprob_readout.readouts(model, None, tok, q, r, "\n\n")
+        assert cum0 == pytest.approx(total, abs=1e-3) and total - 1e-3 <= step0 < 0
+
+
 def test_a_few_implicit_training_steps_learn_step_labels(tiny_model_dir):
     """The implicit form's BCE has the right sign: 40 steps from pi = pi_ref separate the toy labels."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -671,3 +698,36 @@ def test_implicit_training_run_saves_model_and_reference(tiny_model_dir, tmp_pat
     res = subprocess.run(base + ["--extra-layers", "2", "--out-dir", str(tmp_path / "bad")], capture_output=True,
                          text=True, timeout=120, cwd=ROOT, env=env)
     assert res.returncode == 2 and "--extra-layers must be 0" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_implicit_training_with_another_reference(tiny_model_dir, tmp_path):
+    """--ref: pi_ref is that model (any size, --init's vocabulary), frozen and saved as ref/; the
+    trained model is --init's. A reference with another vocabulary, or --ref without the implicit
+    form, is a one-line error."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from safetensors.torch import load_file
+
+    data = tmp_path / "labels.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _toy_records(40)))
+    other = build_tiny_model(tmp_path / "other", seed=1, hidden=32, layers=1)
+    base = [sys.executable, os.path.join(ROOT, "prm_train.py"), "--init", tiny_model_dir, "--data", str(data),
+            "--max-steps", "1", "--batch-size", "8", "--micro-batch-size", "8", "--eval-frac", "0.3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "prm"
+    res = subprocess.run(base + ["--form", "implicit", "--ref", other, "--out-dir", str(out)], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    saved, want = load_file(str(out / "ref" / "model.safetensors")), load_file(os.path.join(other, "model.safetensors"))
+    assert saved.keys() == want.keys() and all(torch.equal(saved[k], want[k]) for k in want)
+    trained = AutoModelForCausalLM.from_pretrained(str(out))
+    assert trained.config.hidden_size == 64 and trained.config.num_hidden_layers == 2  # --init's network
+    assert rewards.load_reward_model(str(out), device="cpu").ref.config.hidden_size == 32
+
+    cfg = LlamaConfig(vocab_size=trained.config.vocab_size + 8, hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "wide")
+    for extra, msg in ((["--form", "implicit", "--ref", str(tmp_path / "wide")], "is not --init's"),
+                       (["--ref", other], "only --form implicit has a reference")):
+        res = subprocess.run(base + extra + ["--out-dir", str(tmp_path / "bad")], capture_output=True, text=True,
+                             timeout=120, cwd=ROOT, env=env)
+        assert res.returncode == 2 and msg in res.stderr and "Traceback" not in res.stderr, res.stderr[-800:]

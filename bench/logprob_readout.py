@@ -1,0 +1,96 @@
+"""
+How much of a verifier is already in a policy's own log-probabilities, before any PRM training?
+(README, "Reward models as verifiers"; an experiment, not a timed test.)
+
+The implicit PRM (prm_train.py --form implicit) scores step k by m_k = beta * sum of
+log pi - log pi_ref over the response up to step k's end. Trained from pi = pi_ref, it starts at
+m = 0 and must learn every check from the step labels. This script reads the same sums with no
+training at all, over the samples of an evaluate.py run (its samples.jsonl), and reports the
+within-problem AUC (evaluate.within_problem_auc: right vs wrong samples of one question) of:
+
+  min cumulative   min over steps of sum_{t <= end of step k} log pi_model - log pi_ref
+                   (the implicit form's margins at initialisation, evaluate.py's min aggregation)
+  min step         min over steps of the step's own sum (its tokens only, the separator excluded)
+
+With --ref '' the reference term is 0: the model's own log-likelihoods. beta does not change an AUC.
+
+Usage (one thread, about 30 s per model on 2,600 samples):
+    python evaluate.py --policy models/arith-policy --split valid --samples 8 --temperature 0.5 \\
+        --seed 0 --out-dir out/eval-valid-t05
+    python bench/logprob_readout.py --samples out/eval-valid-t05/samples.jsonl --model models/arith-policy-v2
+    python bench/logprob_readout.py --samples out/eval-valid-t05/samples.jsonl --model models/arith-policy-v2 \\
+        --ref models/arith-policy
+
+Measured (valid, T = 0.5, 8 samples, seed 0, 325 problems with both kinds; README): arith-policy-v2
+alone 0.885 / 0.890; arith-policy-v2 against arith-policy 0.858 / 0.861; arith-policy alone
+0.703 / 0.695; the shipped trained PRM (ref = its own init) reads 0.853 in evaluate.py.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import common  # noqa: E402
+import evaluate  # noqa: E402
+import rewards  # noqa: E402
+
+
+def token_logprobs(model, ids):
+    """log p(x_t | x_<t) for t >= 1 of one sequence, fp32 (len(ids) - 1,)."""
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        logits = model(x).logits[0, :-1].float()
+    return logits.log_softmax(-1).gather(-1, x[0, 1:, None])[:, 0]
+
+
+def readouts(model, ref, tokenizer, question, response, step_sep):
+    """(min cumulative, min step) of the summed log-prob (contrast) over the response's steps."""
+    steps = rewards.split_steps(response, step_sep)
+    if not steps:
+        return 0.0, 0.0
+    ids, ends, start = rewards.implicit_input(tokenizer, question, steps, "prm", step_sep)
+    lp = token_logprobs(model, ids)
+    if ref is not None:
+        lp = lp - token_logprobs(ref, ids)
+    # token t's log-prob is lp[t - 1]; step k covers the tokens after step k-1's end, up to its own
+    # end (the separator's tokens fall into the next step's span: the cumulative sum is the same)
+    bounds = [start] + [e + 1 for e in ends]
+    step_sums = [lp[a - 1:b - 1].sum().item() for a, b in zip(bounds, bounds[1:])]
+    cum = torch.tensor(step_sums).cumsum(0)
+    return cum.min().item(), min(step_sums)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--samples", required=True, help="an evaluate.py samples.jsonl")
+    p.add_argument("--model", required=True, help="the policy whose log-probs are read (a checkpoint dir)")
+    p.add_argument("--ref", default="", help="subtract this model's log-probs ('' = none)")
+    p.add_argument("--step-sep", default="\n\n")
+    args = p.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    tokenizer = common.load_tokenizer(args.model)
+    model = common.load_model(args.model, "--model", "pass a checkpoint dir", dtype=torch.float32).eval()
+    ref = common.load_model(args.ref, "--ref", "pass a checkpoint dir", dtype=torch.float32).eval() if args.ref else None
+    recs = [r for r in common.read_jsonl(args.samples) if r["kind"] == "sample"]
+    common.require(recs, f"--samples {args.samples}: no sampled responses (run evaluate.py with --samples > 0)")
+    by_problem = {}
+    for r in recs:
+        cum, step = readouts(model, ref, tokenizer, r["question"], r["response"], args.step_sep)
+        by_problem.setdefault(r["problem"], []).append((cum, step, bool(r["correct"])))
+    correct = [[x[2] for x in v] for v in by_problem.values()]
+    res = {}
+    for j, name in enumerate(("min_cumulative", "min_step")):
+        auc, n = evaluate.within_problem_auc([[x[j] for x in v] for v in by_problem.values()], correct)
+        res[name] = auc
+        res["problems"] = n
+    res.update(model=args.model, ref=args.ref, samples=args.samples, n_samples=len(recs))
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    common.run_main(main)
