@@ -72,6 +72,7 @@ def main(argv=None):
     p.add_argument("--ref", default="", help="subtract this model's log-probs ('' = none)")
     p.add_argument("--step-sep", default="\n\n")
     args = p.parse_args(argv)
+    common.require(os.path.isfile(args.samples), f"--samples {args.samples}: not found (an evaluate.py samples.jsonl)")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     tokenizer = common.load_tokenizer(args.model)
     model = common.load_model(args.model, "--model", "pass a checkpoint dir", dtype=torch.float32).eval()
