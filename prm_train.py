@@ -155,7 +155,7 @@ class Config:
                               choices=("chat", "math-shepherd"))
     form: str = field("tag", "tag: P(pos) read at a step tag (Math-Shepherd, the paper's PRM); implicit: step k's "
                       "margin is beta * the sum of log pi/pi_ref over the response up to step k, pi_ref = --init "
-                      "(no tag, no extra layers; docstring 'The implicit form')", choices=("tag", "implicit"))
+                      "or --ref (no tag, no extra layers; docstring 'The implicit form')", choices=("tag", "implicit"))
     beta: float = field(0.5, "--form implicit: the scale of the log-ratio sum")
     ref: str = field("", "--form implicit: the reference pi_ref, frozen ('' = --init as it was, margins start at "
                      "0); another model with --init's vocabulary starts them at the two models' log-prob contrast")
