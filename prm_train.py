@@ -917,9 +917,9 @@ def main(argv=None):
         ref = common.load_model(cfg.ref or cfg.init, "--ref" if cfg.ref else "--init", MODEL_HINT,
                                 dtype=torch.float32).to(rt.device)
         ref.eval().requires_grad_(False)
-        common.require(ref.get_input_embeddings().num_embeddings == model.get_input_embeddings().num_embeddings,
-                       f"--ref {cfg.ref}: its vocabulary ({ref.get_input_embeddings().num_embeddings} rows) is not "
-                       f"--init's ({model.get_input_embeddings().num_embeddings}); the log-prob ratio needs one")
+        n_ref, n_init = (m.get_input_embeddings().num_embeddings for m in (ref, model))
+        common.require(n_ref == n_init, f"--ref {cfg.ref}: its vocabulary ({n_ref} rows) is not --init's ({n_init}); "
+                       "the log-prob ratio needs one")
     examples, dropped = build_examples(tokenizer, train_recs, kind, tag_id, cfg.soft_labels, cfg)
     if cfg.soft_labels and kind == "prm" and any(r.get("soft") is False for r in train_recs):
         print0(f"NOTE: {sum(r.get('soft') is False for r in train_recs)} solutions were labeled without "

@@ -632,7 +632,8 @@ def implicit_margins(model, ref, input_ids, attention_mask, start, ends, beta):
 
     input_ids, attention_mask: (B, L) right-padded; start: (B,) first response token (>= 1); ends:
     (B, K) step-end token indices (padding entries: anything, their values are meaningless).
-    Differentiable through `model`; `ref` runs without grads.
+    Differentiable through `model`; `ref` runs without grads; ref None: no reference term (the model's
+    own log-likelihoods, bench/logprob_readout.py).
     NOTE: the log-softmax is over the full vocabulary for every position: fine for the arith world,
     several GB per batch at a 150k vocabulary (score with a small batch there).
     """
@@ -644,7 +645,7 @@ def implicit_margins(model, ref, input_ids, attention_mask, start, ends, beta):
         return torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, target)[..., 0]  # (B, L-1)
 
     with torch.no_grad():
-        ref_logp = logp(ref)
+        ref_logp = logp(ref) if ref is not None else 0.0
     t = torch.arange(1, input_ids.shape[1], device=input_ids.device)[None]  # position of each target
     keep = (t >= start[:, None]) & attention_mask[:, 1:].bool()
     cum = ((logp(model) - ref_logp) * keep).cumsum(1)  # (B, L-1): running sum up to token t + 1

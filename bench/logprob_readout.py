@@ -10,11 +10,11 @@ within-problem AUC (evaluate.within_problem_auc: right vs wrong samples of one q
 
   min cumulative   min over steps of sum_{t <= end of step k} log pi_model - log pi_ref
                    (the implicit form's margins at initialisation, evaluate.py's min aggregation)
-  min step         min over steps of the step's own sum (its tokens only, the separator excluded)
+  min step         min over steps of the step's own sum (its tokens and the separator before it)
 
 With --ref '' the reference term is 0: the model's own log-likelihoods. beta does not change an AUC.
 
-Usage (one thread, about 30 s per model on 2,600 samples):
+Usage (one thread, about 30 s per model on the 4,000 valid samples):
     python evaluate.py --policy models/arith-policy --split valid --samples 8 --temperature 0.5 \\
         --seed 0 --out-dir out/eval-valid-t05
     python bench/logprob_readout.py --samples out/eval-valid-t05/samples.jsonl --model models/arith-policy-v2
@@ -39,29 +39,19 @@ import evaluate  # noqa: E402
 import rewards  # noqa: E402
 
 
-def token_logprobs(model, ids):
-    """log p(x_t | x_<t) for t >= 1 of one sequence, fp32 (len(ids) - 1,)."""
-    x = torch.tensor([ids])
-    with torch.no_grad():
-        logits = model(x).logits[0, :-1].float()
-    return logits.log_softmax(-1).gather(-1, x[0, 1:, None])[:, 0]
-
-
 def readouts(model, ref, tokenizer, question, response, step_sep):
-    """(min cumulative, min step) of the summed log-prob (contrast) over the response's steps."""
+    """(min cumulative, min step) of the summed log-prob (contrast) over the response's steps: the
+    implicit form's own margins at beta = 1 (rewards.implicit_margins; ref None: no reference term)."""
     steps = rewards.split_steps(response, step_sep)
     if not steps:
         return 0.0, 0.0
     ids, ends, start = rewards.implicit_input(tokenizer, question, steps, "prm", step_sep)
-    lp = token_logprobs(model, ids)
-    if ref is not None:
-        lp = lp - token_logprobs(ref, ids)
-    # token t's log-prob is lp[t - 1]; step k covers the tokens after step k-1's end, up to its own
-    # end (the separator's tokens fall into the next step's span: the cumulative sum is the same)
-    bounds = [start] + [e + 1 for e in ends]
-    step_sums = [lp[a - 1:b - 1].sum().item() for a, b in zip(bounds, bounds[1:])]
-    cum = torch.tensor(step_sums).cumsum(0)
-    return cum.min().item(), min(step_sums)
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        cum = rewards.implicit_margins(model, ref, x, torch.ones_like(x), torch.tensor([start]),
+                                       torch.tensor([ends]), 1.0)[0]  # (K,) sums up to each step's end
+    step_sums = torch.diff(cum, prepend=cum.new_zeros(1))  # a step's own tokens (the separator before it included)
+    return cum.min().item(), step_sums.min().item()
 
 
 def main(argv=None):
