@@ -81,6 +81,19 @@ The implicit form (--form implicit; Yuan et al. 2024, arXiv 2412.01981; our addi
   and --ref the v3 start read 0.858 within-problem AUC on valid before training, 0.862 after (the
   shipped PRM: 0.853); README, "Reward models as verifiers" (bench/logprob_readout.py).
 
+The likelihood form (--form likelihood; our addition, PRM only)
+  No tag and no reference: the reward model is --init itself, and step k's margin is
+      m_k = beta * min_{j <= k} S_j + offset,   S_j = sum of log pi(y_t) over step j's tokens
+  (rewards.likelihood_margins; step j's tokens run from the token after step j-1's last one, the
+  separator included). A prefix is as good as its worst step, so m never rises along a response, as
+  Monte-Carlo labels never rise after a slip. Before training, (beta, offset) are fitted once to the
+  training targets on --init's own S (fit_logistic, a two-parameter logistic regression) and then
+  kept; training moves only the network, with the same BCE on the same labels. So training starts
+  from --init's own reading of each step instead of from "every step 1/2", as the implicit form does.
+  Why: on arith the v2 start's untrained step log-likelihood already ranks right above wrong answers
+  to one question better than any trained PRM (README, "A contrast reference"). The cost: a step's
+  S falls with its length (nats are summed), so under RL a longer step reads worse.
+
 Commands
   CPU, the shipped arith PRM and ORM (scripts/build_arith.sh runs exactly this: labels on 2 ranks
   17.5 min, then the two trainings side by side, 26 min for the PRM's 10 epochs, on 2 cores;
@@ -155,8 +168,11 @@ class Config:
                               choices=("chat", "math-shepherd"))
     form: str = field("tag", "tag: P(pos) read at a step tag (Math-Shepherd, the paper's PRM); implicit: step k's "
                       "margin is beta * the sum of log pi/pi_ref over the response up to step k, pi_ref = --init "
-                      "or --ref (no tag, no extra layers; docstring 'The implicit form')", choices=("tag", "implicit"))
-    beta: float = field(0.5, "--form implicit: the scale of the log-ratio sum")
+                      "or --ref (no tag, no extra layers; docstring 'The implicit form'); likelihood: beta * the "
+                      "lowest per-step sum of log pi among steps 1..k + offset, beta and offset fitted to the "
+                      "labels on --init before training (PRM only; docstring 'The likelihood form')",
+                      choices=("tag", "implicit", "likelihood"))
+    beta: float = field(0.5, "--form implicit: the scale of the log-ratio sum (--form likelihood fits its own)")
     ref: str = field("", "--form implicit: the reference pi_ref, frozen ('' = --init as it was, margins start at "
                      "0); another model with --init's vocabulary starts them at the two models' log-prob contrast")
     extra_layers: int = field(0, "decoder layers appended to --init, starting as the identity (grow_layers)")
@@ -232,7 +248,13 @@ def check_config(cfg):
                        "--form implicit: the model is --init itself (its reference); --extra-layers must be 0")
         common.require(cfg.input_format == "chat", "--form implicit reads the policy's own text: --input-format chat")
         common.require(0 < cfg.beta < float("inf"), f"--beta {cfg.beta}: must be > 0")
-    else:
+    elif cfg.form == "likelihood":
+        common.require(cfg.extra_layers == 0 and not cfg.train_only_extra,
+                       "--form likelihood: the model is --init itself; --extra-layers must be 0")
+        common.require(cfg.input_format == "chat", "--form likelihood reads the policy's own text: --input-format chat")
+        common.require(cfg.objective == "process", "--form likelihood is a PRM form (the min over steps): "
+                       "--objective process")
+    if cfg.form != "implicit":
         common.require(not cfg.ref, f"--ref {cfg.ref}: only --form implicit has a reference")
     common.require(cfg.epochs > 0 or cfg.max_steps > 0, "need --epochs > 0 or --max-steps > 0")
     common.require(cfg.lr > 0 and cfg.min_lr >= 0, f"--lr {cfg.lr} / --min-lr {cfg.min_lr}: need lr > 0 and min-lr >= 0")
@@ -553,7 +575,7 @@ def build_examples(tokenizer, records, kind, tag_id, soft, cfg):
             targets = [float(y) if soft else float(y > 0) for y in r["labels"]]
         else:
             targets = [float(r["correct"])]
-        if cfg.form == "implicit":  # (ids, step ends, targets, first response token)
+        if cfg.form != "tag":  # implicit, likelihood: (ids, step ends, targets, first response token)
             ids, pos, start = rewards.implicit_input(tokenizer, r["question"], r["steps"], kind, cfg.step_sep,
                                                      cfg.prompt, add_special)
             example = (ids, pos, targets, start)
@@ -611,6 +633,52 @@ class ImplicitScorer(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, tag_pos, start):
         return rewards.implicit_margins(self.model, self.ref, input_ids, attention_mask, start, tag_pos, self.beta)
+
+
+class LikelihoodScorer(torch.nn.Module):
+    """--form likelihood: forward -> (B, K) margins beta * min_{j <= k} (log pi summed over step j) + offset."""
+
+    def __init__(self, model, beta, offset):
+        super().__init__()
+        self.model, self.beta, self.offset = model, beta, offset
+
+    def forward(self, input_ids, attention_mask, tag_pos, start):
+        return rewards.likelihood_margins(self.model, input_ids, attention_mask, start, tag_pos, self.beta,
+                                          self.offset)
+
+
+def fit_logistic(x, y, iters=100):
+    """(a, c) minimising the binary cross-entropy of sigmoid(a * x + c) against targets y in [0, 1]
+    (soft targets allowed), by Newton's method in float64. x, y: 1-D sequences of the same length."""
+    x = torch.as_tensor(x, dtype=torch.float64)
+    y = torch.as_tensor(y, dtype=torch.float64)
+    X = torch.stack([x, torch.ones_like(x)], 1)  # (N, 2)
+    w = torch.zeros(2, dtype=torch.float64)
+    for _ in range(iters):
+        p = torch.sigmoid(X @ w)
+        grad = X.T @ (p - y)
+        hess = X.T @ (X * (p * (1 - p))[:, None]) + 1e-9 * torch.eye(2, dtype=torch.float64)
+        step = torch.linalg.solve(hess, grad)
+        w = w - step
+        if step.abs().max() < 1e-10:
+            break
+    return float(w[0]), float(w[1])
+
+
+@torch.no_grad()
+def calibrate_likelihood(model, examples, pad_id, device, batch_size=64):
+    """--form likelihood, before training: fit (beta, offset) of sigmoid(beta * m + offset) to the
+    training targets, m = --init's lowest per-step log-likelihood so far (likelihood_margins at 1, 0)."""
+    model.eval()
+    xs, ys = [], []
+    for s in range(0, len(examples), batch_size):
+        chunk = examples[s: s + batch_size]
+        ids, attn, pos, tgt, tmask = (t.to(device) for t in collate(chunk, pad_id))
+        start = torch.tensor([e[3] for e in chunk], device=device)
+        m = rewards.likelihood_margins(model, ids, attn, start, pos, 1.0, 0.0)
+        xs += m[tmask].tolist()
+        ys += tgt[tmask].tolist()
+    return fit_logistic(xs, ys)
 
 
 def bce_sum(margins, targets, tag_mask):
@@ -744,7 +812,7 @@ def build_model(cfg, device):
     eos = sorted(common.model_eos_ids(model, tokenizer))  # NOTE: every EOS id (Qwen: <|im_end|>, <|endoftext|>)
     model.generation_config.eos_token_id = eos[0] if len(eos) == 1 else eos
     model.to(device)
-    if cfg.form == "implicit":  # no tag, no label tokens, no growth: the policy itself learns
+    if cfg.form != "tag":  # implicit, likelihood: no tag, no label tokens, no growth: the policy itself learns
         return model, tokenizer, (None, None, None)
     where = dict(input_format=cfg.input_format, step_sep=cfg.step_sep, prompt=cfg.prompt)
     added = None
@@ -799,9 +867,9 @@ def train_only_row(weight, row):
     weight.register_hook(lambda g: g * mask)
 
 
-def train(cfg, rt, logger, model, pad_id, examples, label_ids, kind, ref=None):
-    """2c. BCE at the tags (or, with `ref`, at the implicit form's step ends), DDP under torchrun;
-    batch_size is global. -> (last row, steps, seconds)."""
+def train(cfg, rt, logger, model, pad_id, examples, label_ids, kind, ref=None, calib=None):
+    """2c. BCE at the tags (or, with `ref`, at the implicit form's step ends; with `calib` = (beta,
+    offset), at the likelihood form's), DDP under torchrun; batch_size is global. -> (last row, steps, seconds)."""
     if cfg.batch_size % (rt.world_size * cfg.micro_batch_size):
         raise RunError(f"--batch-size {cfg.batch_size} must divide by world_size {rt.world_size} x "
                        f"--micro-batch-size {cfg.micro_batch_size}")
@@ -814,7 +882,10 @@ def train(cfg, rt, logger, model, pad_id, examples, label_ids, kind, ref=None):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     ddp = dist.is_initialized()
-    fwd = scorer = TagScorer(model, label_ids) if ref is None else ImplicitScorer(model, ref, cfg.beta)
+    if calib is not None:
+        fwd = scorer = LikelihoodScorer(model, *calib)
+    else:
+        fwd = scorer = TagScorer(model, label_ids) if ref is None else ImplicitScorer(model, ref, cfg.beta)
     if ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         fwd = DDP(scorer, device_ids=[torch.device(rt.device).index] if rt.device.startswith("cuda") else None)
@@ -841,7 +912,7 @@ def train(cfg, rt, logger, model, pad_id, examples, label_ids, kind, ref=None):
         for m in range(accum):
             micro = mine[m * cfg.micro_batch_size: (m + 1) * cfg.micro_batch_size]
             ids, attn, tpos, tgt, tmask = (t.to(rt.device) for t in collate(micro, pad_id))
-            start = () if ref is None else (torch.tensor([e[3] for e in micro], device=rt.device),)
+            start = () if cfg.form == "tag" else (torch.tensor([e[3] for e in micro], device=rt.device),)
             ctx = fwd.no_sync() if ddp and m < accum - 1 else contextlib.nullcontext()
             with ctx, rt.amp:
                 margins = fwd(ids, attn, tpos, *start)  # (B, K) fp32
@@ -929,12 +1000,21 @@ def main(argv=None):
     n_params = sum(p.numel() for p in model.parameters())
     print0(f"model: {cfg.init} ({type(model).__name__}, {n_params / 1e6:.2f}M parameters); {kind.upper()} "
            f"examples {len(examples)} ({dropped} dropped > max_len), tags {sum(len(e[2]) for e in examples)}")
+    calib = None
+    if cfg.form == "likelihood":  # every rank fits on all examples: the same (beta, offset) everywhere
+        calib = calibrate_likelihood(model, examples, tokenizer.pad_token_id, rt.device, cfg.eval_batch_size)
+        common.require(calib[0] > 0, f"--form likelihood: the fitted beta is {calib[0]:.4g} <= 0: --init's "
+                       "log-likelihood does not rank these labels (a lower step likelihood reads as better)")
+        print0(f"likelihood form: beta {calib[0]:.4f}, offset {calib[1]:.4f} (fitted on --init's margins)")
     last, max_steps, train_s = train(cfg, rt, logger, model, tokenizer.pad_token_id, examples,
-                                     (pos_id, neg_id), kind, ref)
+                                     (pos_id, neg_id), kind, ref, calib)
 
     # 3. save and evaluate
     rm_meta = {"kind": kind, "step_tag": cfg.step_tag, "pos_token": cfg.pos_token, "neg_token": cfg.neg_token,
                "input_format": cfg.input_format, "step_sep": cfg.step_sep, "prompt": cfg.prompt}
+    if calib is not None:
+        rm_meta = {"kind": kind, "form": "likelihood", "beta": calib[0], "offset": calib[1],
+                   "step_sep": cfg.step_sep, "prompt": cfg.prompt}
     if ref is not None:
         rm_meta = {"kind": kind, "form": "implicit", "beta": cfg.beta, "ref": "ref", "step_sep": cfg.step_sep,
                    "prompt": cfg.prompt}

@@ -32,6 +32,8 @@ and decisions are in docs/METHOD.md. Every stage script imports them from here.
      The implicit form (METHOD §5, "Implicit PRM") reads no tag: step k's margin is
      beta * sum of log pi(y_t) / pi_ref(y_t) over the response tokens up to the end of step k, with
      pi_ref the policy the reward model started from.  -> implicit_input, implicit_margins
+     The likelihood form reads no tag and no reference: step k's margin is beta * (the lowest
+     per-step sum of log pi(y_t) among steps 1..k) + offset.                   -> likelihood_margins
 
 Shape legend: B responses, T response tokens, K steps (right-padded, with a bool mask).
 """
@@ -652,6 +654,19 @@ def implicit_margins(model, ref, input_ids, attention_mask, start, ends, beta):
     return beta * cum.gather(1, (ends - 1).clamp(min=0))  # padding entries (ends 0): any value
 
 
+def likelihood_margins(model, input_ids, attention_mask, start, ends, beta, offset):
+    """The likelihood form: beta * min_{j <= k} S_j + offset, fp32 (B, K), with S_j the sum of
+    log pi(y_t | y_<t) over step j's tokens (from the token after step j-1's last one, the separator
+    included, to step j's last token; step 1 from `start`). A prefix is as good as its worst step, so
+    the margin never rises along a response; it starts as the init's own reading of each step
+    (bench/logprob_readout.py "min step"). Arguments as implicit_margins; differentiable.
+    NOTE: no reference term, so a step's margin falls with its length (nats are summed, not averaged).
+    """
+    cum = implicit_margins(model, None, input_ids, attention_mask, start, ends, 1.0)  # (B, K) running sums
+    steps = cum - torch.nn.functional.pad(cum[:, :-1], (1, 0))  # S_j = cum_j - cum_{j-1}
+    return beta * steps.cummin(1).values + offset  # padding entries come last: they never reach a real one
+
+
 def _pad_batch(rows, pad_id, device):
     """Right-pad token-id lists and tag-position lists. -> ids (B, L), attn (B, L), pos (B, K), kmask (B, K)."""
     B = len(rows)
@@ -673,15 +688,17 @@ class RewardModel:
     """A loaded PRM / ORM. `score(questions, responses)` -> per response, P(pos) at each step tag."""
 
     def __init__(self, model, tokenizer, kind, step_tag, pos_token, neg_token, input_format,
-                 step_sep, device, head=None, batch_size=16, prompt="auto", ref=None, beta=None):
+                 step_sep, device, head=None, batch_size=16, prompt="auto", ref=None, beta=None, form=None,
+                 offset=0.0):
         self.model, self.tokenizer, self.head, self.prompt = model, tokenizer, head, prompt
         self.kind, self.step_tag, self.input_format, self.step_sep = kind, step_tag, input_format, step_sep
         self.pos_token, self.neg_token = pos_token, neg_token
         self.device, self.batch_size = device, batch_size
-        self.ref, self.beta = ref, beta  # the implicit form: no tag, a reference policy
+        self.form = form or ("implicit" if ref is not None else "tag")  # tag | implicit | likelihood
+        self.ref, self.beta, self.offset = ref, beta, offset  # implicit: a reference policy; likelihood: none
         self.add_special_tokens = input_format == "math-shepherd" or not getattr(tokenizer, "chat_template", None)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        if ref is not None:
+        if self.form != "tag":
             self.tag_id = self.pos_id = self.neg_id = None
             return
         where = f"the tokenizer of {getattr(tokenizer, 'name_or_path', '?')!r}"
@@ -694,7 +711,7 @@ class RewardModel:
     def encode(self, question, steps):
         """(ids, tag token positions) for one question and its list of steps; the implicit form:
         (ids, step-end token positions, first response token) from implicit_input."""
-        if self.ref is not None:
+        if self.form != "tag":
             return implicit_input(self.tokenizer, question, steps, self.kind, self.step_sep, self.prompt,
                                   self.add_special_tokens)
         text, spans = rm_input_text(self.tokenizer, question, steps, self.step_tag, self.kind,
@@ -704,8 +721,10 @@ class RewardModel:
     def margins(self, rows):
         """Batch of encode() rows -> (B, K) margins (differentiable) and (B, K) bool mask."""
         ids, attn, pos, kmask = _pad_batch([r[:2] for r in rows], self.pad_id, self.device)
-        if self.ref is not None:
+        if self.form != "tag":
             start = torch.tensor([r[2] for r in rows], device=ids.device)
+            if self.form == "likelihood":
+                return likelihood_margins(self.model, ids, attn, start, pos, self.beta, self.offset), kmask
             return implicit_margins(self.model, self.ref, ids, attn, start, pos, self.beta), kmask
         return tag_margins(self.model, self.head, ids, attn, pos, (self.pos_id, self.neg_id)), kmask
 
@@ -796,7 +815,8 @@ def load_reward_model(path, kind="prm", step_tag=None, pos_token="+", neg_token=
     else "math-shepherd" when the tag is "ки", "qwen-prm" for a 2-class head, else "chat".
     dtype=None: float32 on CPU, bfloat16 on CUDA with bf16 support. Frozen: eval(), no grads.
     A checkpoint of prm_train.py --form implicit (meta.json form "implicit") loads with its reference
-    policy (the "ref" folder inside it) and reads no tag.
+    policy (the "ref" folder inside it) and reads no tag; one of --form likelihood (form "likelihood")
+    loads alone, with its fitted beta and offset, and reads no tag either.
     A tag, label token or input format that cannot work with the tokenizer is a ValueError here,
     at load (resolve_rm_tokens), never at the first scoring.
     """
@@ -812,6 +832,11 @@ def load_reward_model(path, kind="prm", step_tag=None, pos_token="+", neg_token=
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
     step_sep = step_sep or meta.get("step_sep") or DEFAULT_STEP_SEP
+    if meta.get("form") == "likelihood":  # prm_train.py --form likelihood: the model alone, a fitted scale
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval().requires_grad_(False)
+        return RewardModel(model, _tokenizer_from_pretrained(path), kind, None, None, None, "chat", step_sep,
+                           device, batch_size=batch_size, prompt=meta.get("prompt", "auto"), form="likelihood",
+                           beta=float(meta["beta"]), offset=float(meta["offset"]))
     if meta.get("form") == "implicit":  # prm_train.py --form implicit: the model and its reference
         ref_path = os.path.join(path, meta.get("ref", "ref"))
         model, ref = (AutoModelForCausalLM.from_pretrained(p, dtype=dtype).to(device).eval().requires_grad_(False)
