@@ -74,8 +74,9 @@ The implicit form (--form implicit; Yuan et al. 2024, arXiv 2412.01981; our addi
       m_k = beta * sum_{first response token <= t <= last token of step k} log pi(y_t) - log pi_ref(y_t)
   (rewards.implicit_margins), trained with the same BCE on the same labels as 2c; an ORM reads
   only the last step's m. It starts at m = 0 (every score 1/2) from a model that already predicts
-  every digit: the shipped arith reward models use it, because the tag form never learned to check
-  arithmetic at this scale (README, "Reward models as verifiers").
+  every digit: the shipped arith ORM uses it (and the PRM did, up to the likelihood form below),
+  because the tag form never learned to check arithmetic at this scale (README, "Reward models as
+  verifiers").
   --ref DIR freezes another model (same vocabulary, any size) as pi_ref instead: the margins then
   start at the contrast beta * sum log pi_init - log pi_ref, not at 0. On arith, --init the v2 start
   and --ref the v3 start read 0.858 within-problem AUC on valid before training, 0.862 after (the
@@ -96,14 +97,15 @@ The likelihood form (--form likelihood; our addition, PRM only)
 
 Commands
   CPU, the shipped arith PRM and ORM (scripts/build_arith.sh runs exactly this: labels on 2 ranks
-  17.5 min, then the two trainings side by side, 26 min for the PRM's 10 epochs, on 2 cores;
+  14-23 min, then the two trainings side by side, about 16 min for the ORM's 6 epochs (the PRM's 3:
+  9 min), on 2 cores;
   OMP_NUM_THREADS=1 keeps every stage bit-reproducible on one machine):
     export OMP_NUM_THREADS=1
     torchrun --standalone --nproc_per_node=2 prm_train.py --init models/arith-policy --label-only \\
         --labels-path out/arith-labels.jsonl --num-problems 4096 --samples-per-problem 4 --completions 8
     cat out/arith-labels.jsonl.rank0 out/arith-labels.jsonl.rank1 > out/arith-labels.jsonl
-    python prm_train.py --init models/arith-policy-v2 --data out/arith-labels.jsonl --form implicit \\
-        --beta 0.5 --lr 3e-4 --min-lr 3e-5 --epochs 10 --soft-labels --out-dir models/arith-prm
+    python prm_train.py --init models/arith-policy-v2 --data out/arith-labels.jsonl --form likelihood \\
+        --lr 3e-4 --min-lr 3e-5 --epochs 3 --soft-labels --out-dir models/arith-prm
     python prm_train.py --init models/arith-policy-v2 --data out/arith-labels.jsonl --form implicit \\
         --beta 0.5 --lr 3e-4 --min-lr 3e-5 --epochs 6 --objective outcome --out-dir models/arith-orm
   (the labels come from the start policy, models/arith-policy; the reward models start from
@@ -111,7 +113,7 @@ Commands
   out labels, AUC 0.79 vs 0.74 and step-2 corruption 0.85 vs 0.55 at step 400 of a short probe,
   bench/prm_learnability.py --init)
   (the tag-form models/arith-prm-tag and arith-orm-tag: --extra-layers 2 --lr 3e-4 --min-lr 3e-5
-  --epochs 4 instead of --form implicit --beta 0.5 ... --epochs 10 / 6)
+  --epochs 4 instead of the --form / --epochs above)
   One GPU, a Qwen2.5-Math PRM from a policy's own samples on MATH (labels, then training):
     python prm_train.py --init Qwen/Qwen2.5-Math-1.5B-Instruct --dataset math --split train \\
         --num-problems 7500 --samples-per-problem 8 --completions 8 --max-new-tokens 1024 \\
@@ -124,10 +126,12 @@ Commands
     python data/prm800k/prepare.py --source path/to/prm800k/data/phase2_train.jsonl
     python prm_train.py --init <model> --data data/math_shepherd/train.jsonl --out-dir out/prm-ms
 
-Expected result (arith, scripts/build_arith.sh, --form implicit): held-out step AUC 0.844 (step
-accuracy 0.759, solution AUC by the min step 0.874) for the PRM (soft labels, 10 epochs), AUC 0.858
-for the ORM; on test the PRM scores a step-2 slip lower in 88% of pairs, and best-of-8 by it is 8.4
-points above greedy at T = 0.5 (README, "Reward models as verifiers"). The tag form (--extra-layers 2, the v2
+Expected result (arith, scripts/build_arith.sh): held-out step AUC 0.890 (step accuracy 0.788,
+solution AUC by the min step 0.924) for the likelihood PRM (soft labels, 3 epochs; it prints the
+fitted beta 0.4765, offset 0.7115), AUC 0.858 for the implicit ORM; on test the PRM scores a step-2
+slip lower in 95% of pairs, ranks a question's right answers above its wrong ones with AUC 0.874,
+and best-of-8 by it is 13.4 points above greedy at T = 0.5 (README, "Reward models as verifiers";
+the implicit PRM it replaced: 0.844 / 0.759 / 0.874, 88%, 0.806, 8.4). The tag form (--extra-layers 2, the v2
 models/arith-*-tag): 0.742 / 0.711 / 0.678 and ORM 0.666 on the v2 labels, weak verifiers that
 never learned to check the arithmetic. Gate before PPO: held-out step AUC >= 0.75.
 

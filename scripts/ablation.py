@@ -3,7 +3,7 @@ The project's headline experiment (issues 7 and 15): the reward ablation of Gao 
 miniature on the arith world (the start --policy, whose demonstrations already hold unneeded
 "So far we have ..." / "Check: ..." steps, and the --prm / --orm). The README's table is the v2 one:
 --policy models/arith-policy-v2 --prm models/arith-prm-tag --orm models/arith-orm-tag; the defaults
-are the shipped v3 assets (models/arith-policy, the implicit arith-prm / arith-orm). PPO with twelve
+are the shipped v3 assets (models/arith-policy, the likelihood arith-prm and the implicit arith-orm). PPO with twelve
 reward VARIANTS (below: a ppo.py --reward mode, for some with one more flag), several seeds, ppo.py's
 own defaults except the budget; every main run's final checkpoint evaluated once on the test split
 with evaluate.py; an optional eta sweep for clip / clip_delta judged on the validation split;

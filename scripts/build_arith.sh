@@ -7,16 +7,17 @@
 #   models/arith-policy-v2 the same recipe run to 1500 steps (80% greedy): the v2 start, and the
 #                          network the reward models start from (a stronger reader of arithmetic)
 #   out/arith-labels.jsonl Math-Shepherd Monte-Carlo step labels sampled from models/arith-policy
-#   models/arith-prm       PRM: the implicit form (prm_train.py --form implicit): arith-policy-v2
+#   models/arith-prm       PRM: the likelihood form (prm_train.py --form likelihood): arith-policy-v2
 #                          trained on the step labels (the soft Monte-Carlo fractions as targets,
-#                          --soft-labels) for 10 epochs, its margins log-prob ratios against
+#                          --soft-labels) for 3 epochs; a step's margin is its own log-likelihood
+#                          (the worst so far), scaled and shifted by a fit made before training
+#   models/arith-orm       ORM: the implicit form (--form implicit) on the solutions' correctness
+#                          (the last step only), 6 epochs, its margin a log-prob ratio against
 #                          arith-policy-v2 (saved in ref/)
-#   models/arith-orm       ORM: the same recipe on the solutions' correctness (the last step only),
-#                          6 epochs
 #   (models/arith-prm-tag / arith-orm-tag, the v2 tag-form models the results table used, came from
 #   this script at commit 996eb7c: 1500-step policy, its labels, "--extra-layers 2 ... --epochs 4")
 #
-# Usage (from the repository root; README "The arith world v3" gives each stage's time: 56 min
+# Usage (from the repository root; README "The arith world v3" gives each stage's time: 46 min
 # in all on 2 CPU cores):
 #     bash scripts/build_arith.sh                  # everything
 #     OUT=/tmp/arith LABELS=/tmp/arith/labels.jsonl bash scripts/build_arith.sh   # elsewhere
@@ -56,10 +57,12 @@ torchrun --standalone --nproc_per_node=2 prm_train.py --init "$OUT/arith-policy"
 cat "$LABELS".rank0 "$LABELS".rank1 > "$LABELS"
 
 stamp "4/4 PRM and ORM (in parallel)"
-RM="--init $OUT/arith-policy-v2 --data $LABELS --form implicit --beta 0.5 --lr 3e-4 --min-lr 3e-5"
-python prm_train.py $RM --soft-labels --epochs 10 --out-dir "$OUT/arith-prm" > "$LOGS/arith-prm.log" 2>&1 &
+RM="--init $OUT/arith-policy-v2 --data $LABELS --lr 3e-4 --min-lr 3e-5"
+python prm_train.py $RM --form likelihood --soft-labels --epochs 3 --out-dir "$OUT/arith-prm" \
+    > "$LOGS/arith-prm.log" 2>&1 &
 prm=$!
-python prm_train.py $RM --objective outcome --epochs 6 --out-dir "$OUT/arith-orm" > "$LOGS/arith-orm.log" 2>&1 &
+python prm_train.py $RM --form implicit --beta 0.5 --objective outcome --epochs 6 --out-dir "$OUT/arith-orm" \
+    > "$LOGS/arith-orm.log" 2>&1 &
 orm=$!
 wait_ok $prm "$LOGS/arith-prm.log"
 wait_ok $orm "$LOGS/arith-orm.log"
