@@ -678,15 +678,22 @@ def test_a_few_implicit_training_steps_learn_step_labels(tiny_model_dir):
     assert res["eval/step_auc"] > 0.9 and res["eval/step_acc"] > 0.8
 
 
-def test_implicit_training_run_saves_model_and_reference(tiny_model_dir, tmp_path):
+def _two_step_run(tiny_model_dir, tmp_path, form):
+    """Train --form `form` for 2 steps on 40 toy records into tmp_path/prm (a subprocess).
+    -> (the command without --out-dir, its env, the finished process)."""
     data = tmp_path / "labels.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _toy_records(40)))
     base = [sys.executable, os.path.join(ROOT, "prm_train.py"), "--init", tiny_model_dir, "--data", str(data),
-            "--form", "implicit", "--max-steps", "2", "--batch-size", "8", "--micro-batch-size", "4",
-            "--eval-frac", "0.3"]
+            "--form", form, "--max-steps", "2", "--batch-size", "8", "--micro-batch-size", "4", "--eval-frac", "0.3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(base + ["--out-dir", str(tmp_path / "prm")], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT, env=env)
+    return base, env, res
+
+
+def test_implicit_training_run_saves_model_and_reference(tiny_model_dir, tmp_path):
+    base, env, res = _two_step_run(tiny_model_dir, tmp_path, "implicit")
     out = tmp_path / "prm"
-    res = subprocess.run(base + ["--out-dir", str(out)], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     meta = json.loads((out / "meta.json").read_text())["reward_model"]
     assert meta["form"] == "implicit" and meta["beta"] == 0.5 and (out / "ref" / "config.json").exists()
@@ -790,14 +797,8 @@ def test_fit_logistic_matches_scipy():
 def test_likelihood_training_run_fits_and_saves(tiny_model_dir, tmp_path):
     """--form likelihood: (beta, offset) fitted on --init, saved in meta.json, read back by the
     loader; no ref/ folder; --objective outcome and --ref are one-line errors."""
-    data = tmp_path / "labels.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in _toy_records(40)))
-    base = [sys.executable, os.path.join(ROOT, "prm_train.py"), "--init", tiny_model_dir, "--data", str(data),
-            "--form", "likelihood", "--max-steps", "2", "--batch-size", "8", "--micro-batch-size", "4",
-            "--eval-frac", "0.3"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base, env, res = _two_step_run(tiny_model_dir, tmp_path, "likelihood")
     out = tmp_path / "prm"
-    res = subprocess.run(base + ["--out-dir", str(out)], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
     if res.returncode == 2 and "fitted beta" in res.stderr:  # an untrained init may rank the toy labels either way
         pytest.skip("the tiny init reads the toy labels backwards")
     assert res.returncode == 0, res.stderr[-2000:]
