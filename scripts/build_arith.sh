@@ -17,9 +17,9 @@
 #   (models/arith-prm-tag / arith-orm-tag, the v2 tag-form models the results table used, came from
 #   this script at commit 996eb7c: 1500-step policy, its labels, "--extra-layers 2 ... --epochs 4")
 #
-# Usage (from the repository root; README "The arith world v3" gives each stage's time: 46-56 min
-# in all on the 2 CPU cores that built the shipped assets, 70 min on a slower 2-core machine, where
-# the rebuilt weights also differ: see "Rebuilt on another CPU"):
+# Usage (from the repository root; README "The arith world v3" gives each stage's time: 70 min
+# in all on a 2-core AMD EPYC machine, 46-56 min for earlier v3 recipes on the faster 2 cores that
+# built the shipped policies; on another CPU the rebuilt weights differ: see "Rebuilt on another CPU"):
 #     bash scripts/build_arith.sh                  # everything
 #     OUT=/tmp/arith LABELS=/tmp/arith/labels.jsonl bash scripts/build_arith.sh   # elsewhere
 #
