@@ -57,7 +57,10 @@ samples), inside the 30-70% greedy band of the paper's instruct models; sampling
 greedy because the demonstrations slip, which leaves room for RL. (--max-steps 1500 gives the v2
 start, models/arith-policy-v2: 80.4% / 52.5%.)
 Reproducible from --seed on one CPU setup (same thread count); not bit-reproducible across
-machines, thread counts, GPU kernels or bf16.
+machines, thread counts, GPU kernels or bf16. Across CPUs the drift moves where arithmetic clicks
+(another CPU's 1350-step run reads 72% on valid), so scripts/build_arith.sh saves snapshots along
+the run (--save-steps) and keeps the 1350-step end only if it is inside the 30-70% band, else the
+snapshot nearest 50% (scripts/pick_policy.py).
 
 Shapes: B sequences in a micro-batch, L prompt + solution tokens, V vocabulary.
 """
@@ -108,6 +111,9 @@ class Config:
     warmup_steps: int = field(50, "linear warmup steps")
     weight_decay: float = field(0.0, "AdamW weight decay of the matrices (none on norms and biases)")
     grad_clip: float = field(1.0, "max grad norm (0 = off)")
+    save_steps: list[int] = field([], "also save the model at these steps (before the last), each to "
+                                  "<out-dir>/step-K: candidates for a checkpoint picked on validation "
+                                  "(scripts/pick_policy.py)")
     # evaluation
     eval_every: int = field(250, "steps between greedy evals (0 = only at the end)")
     eval_limit: int = field(100, "eval problems: the first N of the eval split (0 = all)")
@@ -408,6 +414,10 @@ def train(cfg, rt, model, tokenizer, examples, eval_problems, logger):
         # the last step's eval and row come after the save (main), so a failing eval loses nothing
         if step + 1 == cfg.max_steps:
             break
+        if step + 1 in cfg.save_steps and rt.master:  # a snapshot: weights only, no RNG is drawn
+            snapshot = os.path.join(cfg.out_dir, f"step-{step + 1}")
+            raw_model.save_pretrained(snapshot)
+            tokenizer.save_pretrained(snapshot)
         evaluated = bool(cfg.eval_every and (step + 1) % cfg.eval_every == 0)
         if evaluated:
             if rt.master:
@@ -427,6 +437,9 @@ def check_config(cfg):
         common.require(getattr(cfg, name) >= 1, f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be >= 1")
     for name in ("warmup_steps", "eval_every", "eval_limit", "eval_samples", "weight_decay", "grad_clip"):
         common.require(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be >= 0")
+    bad = [k for k in cfg.save_steps if not 1 <= k < cfg.max_steps]
+    common.require(not bad, f"--save-steps {bad}: each must be in 1..{cfg.max_steps - 1} (the last step is "
+                   "saved to --out-dir anyway)")
     common.require(cfg.lr > 0 and cfg.min_lr >= 0, f"--lr {cfg.lr} / --min-lr {cfg.min_lr}: need lr > 0 and min-lr >= 0")
 
 

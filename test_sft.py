@@ -174,6 +174,79 @@ def test_sft_fine_tunes_a_pretrained_path_and_is_deterministic(tiny_model_dir, t
     assert any(not torch.equal(a[k], base[k]) for k in a)  # it did train
 
 
+def test_save_steps_snapshot_is_the_model_after_that_step(tiny_model_dir, tmp_path):
+    """--save-steps 2 in a 4-step run saves the weights after update 2: the final weights of a run
+    stopped at step 2 (inside the warmup the learning rate does not depend on --max-steps, and the
+    data order does not either)."""
+    from safetensors.torch import load_file
+
+    args = ["--init", tiny_model_dir, "--batch-size", "4", "--micro-batch-size", "4", "--warmup-steps", "10",
+            "--eval-every", "0", "--eval-limit", "2", "--max-new-tokens", "4"]
+    sft.main(args + ["--max-steps", "4", "--save-steps", "2", "--out-dir", str(tmp_path / "long")])
+    sft.main(args + ["--max-steps", "2", "--out-dir", str(tmp_path / "short")])
+    snap = load_file(tmp_path / "long" / "step-2" / "model.safetensors")
+    short = load_file(tmp_path / "short" / "model.safetensors")
+    final = load_file(tmp_path / "long" / "model.safetensors")
+    assert all(torch.equal(snap[k], short[k]) for k in snap)
+    assert any(not torch.equal(snap[k], final[k]) for k in snap)  # steps 3-4 moved on from it
+    assert (tmp_path / "long" / "step-2" / "tokenizer.json").exists()
+    assert common.load_model(str(tmp_path / "long" / "step-2")).generation_config.pad_token_id is not None
+    with pytest.raises(common.RunError, match="--save-steps"):
+        sft.main(args + ["--max-steps", "4", "--save-steps", "4", "--out-dir", str(tmp_path / "bad")])
+
+
+def test_pick_policy_rule():
+    """scripts/pick_policy.choose: the default when it is inside the band; else the candidate inside
+    nearest the target (first listed on a tie); None when nothing is inside."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from pick_policy import choose
+
+    band = dict(low=0.3, high=0.7, target=0.5)
+    assert choose({"d": 0.55, "a": 0.50}, "d", **band) == "d"        # inside: kept, even if another is nearer
+    assert choose({"d": 0.30, "a": 0.50}, "d", **band) == "d"        # the edges belong to the band
+    assert choose({"d": 0.72, "a": 0.45, "b": 0.58, "c": 0.50}, "d", **band) == "c"
+    assert choose({"d": 0.20, "a": 0.75, "b": 0.66}, "d", **band) == "b"   # the one inside, far or not
+    assert choose({"d": 0.72, "a": 0.45, "b": 0.55}, "d", **band) == "a"   # a tie: the first listed
+    assert choose({"d": 0.72, "a": 0.71, "b": 0.10}, "d", **band) is None
+    assert choose({"d": 0.72}, "d", **band) is None                   # candidates not evaluated yet
+
+
+def test_pick_policy_keeps_or_copies_and_says_why(tiny_model_dir, tmp_path):
+    """End to end on a tiny random model (greedy accuracy 0 with 4 tokens): a band that holds 0 keeps
+    the default in place; a band that starts above 0 is one error line naming each accuracy; a
+    default outside it and a candidate inside it (the shipped policy) copies the candidate to --out-dir."""
+    import shutil
+
+    script = os.path.join(ROOT, "scripts", "pick_policy.py")
+    default = tmp_path / "default"
+    shutil.copytree(tiny_model_dir, default)
+    base = [sys.executable, script, "--default", str(default), "--max-new-tokens", "4"]
+    run = lambda *a: subprocess.run(base + list(a), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+
+    res = run("--low", "0", "--target", "0", "--out-dir", str(default))
+    assert res.returncode == 0, res.stderr[-2000:]
+    sel = json.loads((default / "selection.json").read_text())
+    assert sel["chosen"] == str(default) and sel["greedy_accuracy"] == {str(default): 0.0} and sel["n_problems"] == 500
+
+    res = run("--candidates", tiny_model_dir, "--out-dir", str(tmp_path / "out"))
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 2 and last.startswith("error: no checkpoint inside the greedy band [0.3, 0.7]")
+    assert f"{tiny_model_dir} 0.000" in last and not (tmp_path / "out").exists()
+
+    res = run("--candidates", tiny_model_dir, "--low", "0.0", "--target", "0.0", "--out-dir", str(tmp_path / "out"),
+              "--split", "test")
+    assert res.returncode == 2 and "never on test" in res.stderr
+
+    # the shipped policy reads arithmetic, the tiny default does not: the candidate is copied over
+    res = run("--candidates", POLICY, "--low", "0.05", "--high", "1", "--target", "1", "--limit", "20",
+              "--max-new-tokens", "160", "--out-dir", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    sel = json.loads((tmp_path / "out" / "selection.json").read_text())
+    assert sel["chosen"] == POLICY and sel["greedy_accuracy"][str(default)] == 0.0 and sel["accuracy"] > 0.05
+    shipped = (tmp_path / "out" / "model.safetensors").read_bytes()
+    assert shipped == open(os.path.join(POLICY, "model.safetensors"), "rb").read()
+
+
 def test_eval_only_reports_greedy_and_sampling(tiny_model_dir, tmp_path):
     sft.main(["--eval-only", "--init", tiny_model_dir, "--eval-limit", "3", "--eval-samples", "2",
               "--max-new-tokens", "4", "--out-dir", str(tmp_path)])

@@ -3,7 +3,9 @@
 #
 #   data/arith/{train,valid,test,sft}.jsonl + tokenizer/   data/arith/prepare.py (seconds)
 #   models/arith-policy    the starting policy: sft.py on the SFT demonstrations (slips, restatements,
-#                          checks), 1350 steps: greedy accuracy inside the 30-70% band
+#                          checks), 1350 steps: greedy accuracy inside the 30-70% band. Checked on
+#                          valid by scripts/pick_policy.py: outside the band (on another CPU the same
+#                          run clicks earlier or later), the snapshot of either SFT run nearest 50%
 #   models/arith-policy-v2 the same recipe run to 1500 steps (80% greedy): the v2 start, and the
 #                          network the reward models start from (a stronger reader of arithmetic)
 #   out/arith-labels.jsonl Math-Shepherd Monte-Carlo step labels sampled from models/arith-policy
@@ -12,7 +14,8 @@
 #                          --soft-labels) for 3 epochs; a step's margin is its own log-likelihood
 #                          (the worst so far), scaled and shifted by a fit made before training
 #   models/arith-orm       ORM: the implicit form (--form implicit) on the solutions' correctness
-#                          (the last step only), 6 epochs, its margin a log-prob ratio against
+#                          (the last step only), 2 epochs (no longer than the PRM beside it: the
+#                          build's time budget), its margin a log-prob ratio against
 #                          arith-policy-v2 (saved in ref/)
 #   (models/arith-prm-tag / arith-orm-tag, the v2 tag-form models the results table used, came from
 #   this script at commit 996eb7c: 1500-step policy, its labels, "--extra-layers 2 ... --epochs 4")
@@ -40,16 +43,26 @@ t0=$(date +%s)
 stamp "1/4 data"
 python data/arith/prepare.py
 
-stamp "2/4 policy and the reward models' base (two sft.py side by side, ~16 min)"
+stamp "2/4 policy and the reward models' base (two sft.py side by side, ~24 min), then the pick on valid"
 rm -rf "$OUT/arith-policy" "$OUT/arith-policy-v2" "$OUT/arith-prm" "$OUT/arith-orm"   # a rebuild replaces them
 LOGS=$(dirname "$LABELS")
-python sft.py --train-split sft --eval-split valid --out-dir "$OUT/arith-policy" > "$LOGS/arith-policy.log" 2>&1 &
+STEPS="$LOGS/sft-steps"   # snapshots along both runs: the pick's candidates (scratch, not shipped)
+rm -rf "$STEPS" && mkdir -p "$STEPS"
+python sft.py --train-split sft --eval-split valid --save-steps 1000 1100 1200 1300 \
+    --out-dir "$OUT/arith-policy" > "$LOGS/arith-policy.log" 2>&1 &
 pol=$!
-python sft.py --train-split sft --eval-split valid --max-steps 1500 --out-dir "$OUT/arith-policy-v2" \
-    > "$LOGS/arith-policy-v2.log" 2>&1 &
+python sft.py --train-split sft --eval-split valid --max-steps 1500 --save-steps 1400 \
+    --out-dir "$OUT/arith-policy-v2" > "$LOGS/arith-policy-v2.log" 2>&1 &
 base=$!
 wait_ok $pol "$LOGS/arith-policy.log"
 wait_ok $base "$LOGS/arith-policy-v2.log"
+for k in 1000 1100 1200 1300; do mv "$OUT/arith-policy/step-$k" "$STEPS/policy-$k"; done
+mv "$OUT/arith-policy-v2/step-1400" "$STEPS/base-1400"
+# the start must be inside the 30-70% greedy band on valid: the 1350-step end if it is (the shipped
+# case), else the snapshot nearest 50% (another CPU can click earlier or later: scripts/pick_policy.py)
+python scripts/pick_policy.py --default "$OUT/arith-policy" --out-dir "$OUT/arith-policy" \
+    --candidates "$STEPS"/policy-1000 "$STEPS"/policy-1100 "$STEPS"/policy-1200 "$STEPS"/policy-1300 \
+        "$STEPS"/base-1400 "$OUT/arith-policy-v2" 2>&1 | tee "$LOGS/pick-policy.log"
 
 stamp "3/4 Monte-Carlo labels (2 ranks)"
 rm -f "$LABELS" "$LABELS".rank*
@@ -62,7 +75,7 @@ RM="--init $OUT/arith-policy-v2 --data $LABELS --lr 3e-4 --min-lr 3e-5"
 python prm_train.py $RM --form likelihood --soft-labels --epochs 3 --out-dir "$OUT/arith-prm" \
     > "$LOGS/arith-prm.log" 2>&1 &
 prm=$!
-python prm_train.py $RM --form implicit --beta 0.5 --objective outcome --epochs 6 --out-dir "$OUT/arith-orm" \
+python prm_train.py $RM --form implicit --beta 0.5 --objective outcome --epochs 2 --out-dir "$OUT/arith-orm" \
     > "$LOGS/arith-orm.log" 2>&1 &
 orm=$!
 wait_ok $prm "$LOGS/arith-prm.log"
