@@ -67,7 +67,7 @@ GPU kernels or bf16).
 Expected: models/arith-policy on the arith test split (greedy + 8 samples, ~2 min on 2 CPU
 cores): greedy_accuracy 0.528, sampling_accuracy 0.273, pass@8 0.748, maj@8 0.424 (--seed 0), ~72
 greedy response tokens, ~4 steps, no repeated steps or truncations; with --prm models/arith-prm
---orm models/arith-orm --temperature 0.5, best-of-8 0.662 / 0.604 (README, "The arith world v3"). A random policy
+--orm models/arith-orm --temperature 0.5, best-of-8 0.662 / 0.574 (README, "The arith world v3"). A random policy
 scores 0 with truncated_fraction ~1.
 
 Shapes: B sequences in a generate batch, P prompt tokens (left-padded), T generated tokens,

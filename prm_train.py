@@ -107,7 +107,7 @@ Commands
     python prm_train.py --init models/arith-policy-v2 --data out/arith-labels.jsonl --form likelihood \\
         --lr 3e-4 --min-lr 3e-5 --epochs 3 --soft-labels --out-dir models/arith-prm
     python prm_train.py --init models/arith-policy-v2 --data out/arith-labels.jsonl --form implicit \\
-        --beta 0.5 --lr 3e-4 --min-lr 3e-5 --epochs 6 --objective outcome --out-dir models/arith-orm
+        --beta 0.5 --lr 3e-4 --min-lr 3e-5 --epochs 2 --objective outcome --out-dir models/arith-orm
   (the labels come from the start policy, models/arith-policy; the reward models start from
   models/arith-policy-v2, the same SFT run to 1500 steps, which reads arithmetic better: on the held-
   out labels, AUC 0.79 vs 0.74 and step-2 corruption 0.85 vs 0.55 at step 400 of a short probe,

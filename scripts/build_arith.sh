@@ -20,9 +20,11 @@
 #   (models/arith-prm-tag / arith-orm-tag, the v2 tag-form models the results table used, came from
 #   this script at commit 996eb7c: 1500-step policy, its labels, "--extra-layers 2 ... --epochs 4")
 #
-# Usage (from the repository root; README "The arith world v3" gives each stage's time: 70 min
-# in all on a 2-core AMD EPYC machine, 46-56 min for earlier v3 recipes on the faster 2 cores that
-# built the shipped policies; on another CPU the rebuilt weights differ: see "Rebuilt on another CPU"):
+# Usage (from the repository root; README "The arith world v3" gives each stage's time: 56 min
+# in all on a 2-core AMD EPYC machine (70 min with the 6-epoch ORM before; 46-56 min for earlier v3
+# recipes on the faster 2 cores that built the shipped policies). On another CPU the rebuilt weights
+# differ: the pick keeps the start in the band, but the reward models come out weaker, see
+# "Rebuilt on another CPU"):
 #     bash scripts/build_arith.sh                  # everything
 #     OUT=/tmp/arith LABELS=/tmp/arith/labels.jsonl bash scripts/build_arith.sh   # elsewhere
 #
@@ -43,7 +45,7 @@ t0=$(date +%s)
 stamp "1/4 data"
 python data/arith/prepare.py
 
-stamp "2/4 policy and the reward models' base (two sft.py side by side, ~24 min), then the pick on valid"
+stamp "2/4 policy and the reward models' base (two sft.py side by side, ~21 min), then the pick on valid"
 rm -rf "$OUT/arith-policy" "$OUT/arith-policy-v2" "$OUT/arith-prm" "$OUT/arith-orm"   # a rebuild replaces them
 LOGS=$(dirname "$LABELS")
 STEPS="$LOGS/sft-steps"   # snapshots along both runs: the pick's candidates (scratch, not shipped)
