@@ -244,6 +244,19 @@ MUTANTS = [
            "Generation(toks[:end + 1], True)",
            "Generation(toks[:end], True)",
            EVAL, "EOS dropped from the response (and its token count)"),
+    # the build's SFT snapshots and its pick of the start (scripts/build_arith.sh)
+    Mutant("sft-snapshot-before-update", "sft.py",
+           "        if step + 1 in cfg.save_steps and rt.master:",
+           "        if step + 2 in cfg.save_steps and rt.master:",
+           ["test_sft.py", "-k", "save_steps"], "--save-steps K saves the weights after update K - 1"),
+    Mutant("pick-band-edge-open", "scripts/pick_policy.py",
+           "if default in accuracies and low <= accuracies[default] <= high:",
+           "if default in accuracies and low < accuracies[default] < high:",
+           ["test_sft.py", "-k", "pick_policy_rule"], "a default on the band's edge is replaced"),
+    Mutant("pick-farthest", "scripts/pick_policy.py",
+           "return min(inside, key=lambda c: abs(accuracies[c] - target)) if inside else None",
+           "return max(inside, key=lambda c: abs(accuracies[c] - target)) if inside else None",
+           ["test_sft.py", "-k", "pick_policy_rule"], "the pick takes the candidate farthest from the target"),
 ]
 
 
