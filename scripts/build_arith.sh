@@ -49,22 +49,23 @@ stamp "2/4 policy and the reward models' base (two sft.py side by side, ~21 min)
 rm -rf "$OUT/arith-policy" "$OUT/arith-policy-v2" "$OUT/arith-prm" "$OUT/arith-orm"   # a rebuild replaces them
 LOGS=$(dirname "$LABELS")
 STEPS="$LOGS/sft-steps"   # snapshots along both runs: the pick's candidates (scratch, not shipped)
+POL_SNAPS="1000 1100 1200 1300"; BASE_SNAPS="1400"
 rm -rf "$STEPS" && mkdir -p "$STEPS"
-python sft.py --train-split sft --eval-split valid --save-steps 1000 1100 1200 1300 \
+python sft.py --train-split sft --eval-split valid --save-steps $POL_SNAPS \
     --out-dir "$OUT/arith-policy" > "$LOGS/arith-policy.log" 2>&1 &
 pol=$!
-python sft.py --train-split sft --eval-split valid --max-steps 1500 --save-steps 1400 \
+python sft.py --train-split sft --eval-split valid --max-steps 1500 --save-steps $BASE_SNAPS \
     --out-dir "$OUT/arith-policy-v2" > "$LOGS/arith-policy-v2.log" 2>&1 &
 base=$!
 wait_ok $pol "$LOGS/arith-policy.log"
 wait_ok $base "$LOGS/arith-policy-v2.log"
-for k in 1000 1100 1200 1300; do mv "$OUT/arith-policy/step-$k" "$STEPS/policy-$k"; done
-mv "$OUT/arith-policy-v2/step-1400" "$STEPS/base-1400"
+candidates=()
+for k in $POL_SNAPS; do mv "$OUT/arith-policy/step-$k" "$STEPS/policy-$k"; candidates+=("$STEPS/policy-$k"); done
+for k in $BASE_SNAPS; do mv "$OUT/arith-policy-v2/step-$k" "$STEPS/base-$k"; candidates+=("$STEPS/base-$k"); done
 # the start must be inside the 30-70% greedy band on valid: the 1350-step end if it is (the shipped
 # case), else the snapshot nearest 50% (another CPU can click earlier or later: scripts/pick_policy.py)
 python scripts/pick_policy.py --default "$OUT/arith-policy" --out-dir "$OUT/arith-policy" \
-    --candidates "$STEPS"/policy-1000 "$STEPS"/policy-1100 "$STEPS"/policy-1200 "$STEPS"/policy-1300 \
-        "$STEPS"/base-1400 "$OUT/arith-policy-v2" 2>&1 | tee "$LOGS/pick-policy.log"
+    --candidates "${candidates[@]}" "$OUT/arith-policy-v2" 2>&1 | tee "$LOGS/pick-policy.log"
 
 stamp "3/4 Monte-Carlo labels (2 ranks)"
 rm -f "$LABELS" "$LABELS".rank*

@@ -7,7 +7,7 @@ CPU that built the shipped policy and at 72% on another CPU, because float round
 between CPUs and the high learning rate amplifies it. The paper's premise is a start inside the
 30-70% band of its instruct models, so the build checks the band instead of trusting the count.
 
-The rule (fixed before any rebuild was looked at; README "The arith world v3"):
+The rule (fixed before the rebuild that first used it; README "The arith world v3"):
   1. the default checkpoint (the end of the 1,350-step schedule) if its greedy accuracy on the
      whole validation split is inside [--low, --high];
   2. else the candidate (a snapshot saved along either SFT run by `sft.py --save-steps`, or the
@@ -18,7 +18,7 @@ Only the default is evaluated when it passes, so on the machine that built the s
 rule costs one greedy pass and changes nothing. The chosen checkpoint is copied to --out-dir (a
 kept default stays where it is) with selection.json: the rule, every accuracy measured, the pick.
 
-Usage (build_arith.sh runs it; greedy over 500 problems is about 20 s per checkpoint on one core):
+Usage (build_arith.sh runs it; greedy over 500 problems took 4-5 s per checkpoint on one core):
     python scripts/pick_policy.py --default models/arith-policy \\
         --candidates out/sft-steps/policy-1100 out/sft-steps/policy-1200 models/arith-policy-v2 \\
         --out-dir models/arith-policy
