@@ -67,26 +67,6 @@ for k in $BASE_SNAPS; do mv "$OUT/arith-policy-v2/step-$k" "$STEPS/base-$k"; can
 python scripts/pick_policy.py --default "$OUT/arith-policy" --out-dir "$OUT/arith-policy" \
     --candidates "${candidates[@]}" "$OUT/arith-policy-v2" 2>&1 | tee "$LOGS/pick-policy.log"
 
-# the reward models' base must read arithmetic at least as well as the shipped one (80.4% greedy on
-# valid): the 1500-step end if it reaches BASE_FLOOR (the shipped case: one greedy pass), else a
-# top-up of it (sft.py --init it, TOPUP) and its first snapshot that reaches the floor
-# (scripts/pick_policy.py --floor; exit code 3 = below the floor, no candidates yet)
-BASE_FLOOR=0.78; TOPUP_SNAPS="100 200 300"; TOPUP="--max-steps 400 --lr 3e-4 --min-lr 3e-5 --warmup-steps 20"
-rc=0
-python scripts/pick_policy.py --floor $BASE_FLOOR --default "$OUT/arith-policy-v2" --out-dir "$OUT/arith-policy-v2" \
-    > "$LOGS/pick-base.log" 2>&1 || rc=$?
-cat "$LOGS/pick-base.log"
-if [ "$rc" -eq 3 ]; then
-    stamp "2/4 the base is below the floor: top-up ($TOPUP)"
-    python sft.py --init "$OUT/arith-policy-v2" --train-split sft --eval-split valid --eval-every 100 --eval-limit 0 $TOPUP \
-        --save-steps $TOPUP_SNAPS --out-dir "$STEPS/base-topup" > "$LOGS/base-topup.log" 2>&1 || { tail -5 "$LOGS/base-topup.log"; exit 1; }
-    topups=(); for k in $TOPUP_SNAPS; do topups+=("$STEPS/base-topup/step-$k"); done
-    python scripts/pick_policy.py --floor $BASE_FLOOR --default "$OUT/arith-policy-v2" --out-dir "$OUT/arith-policy-v2" \
-        --candidates "${topups[@]}" "$STEPS/base-topup" 2>&1 | tee -a "$LOGS/pick-base.log"
-elif [ "$rc" -ne 0 ]; then
-    exit "$rc"
-fi
-
 stamp "3/4 Monte-Carlo labels (2 ranks)"
 rm -f "$LABELS" "$LABELS".rank*
 torchrun --standalone --nproc_per_node=2 prm_train.py --init "$OUT/arith-policy" --label-only \

@@ -257,14 +257,6 @@ MUTANTS = [
            "return min(inside, key=lambda c: abs(accuracies[c] - target)) if inside else None",
            "return max(inside, key=lambda c: abs(accuracies[c] - target)) if inside else None",
            ["test_sft.py", "-k", "pick_policy_rule"], "the pick takes the candidate farthest from the target"),
-    Mutant("base-floor-strict", "scripts/pick_policy.py",
-           "if default in accuracies and accuracies[default] >= floor:",
-           "if default in accuracies and accuracies[default] > floor:",
-           ["test_sft.py", "-k", "floor_rule"], "a base exactly on the floor is topped up anyway"),
-    Mutant("base-floor-best", "scripts/pick_policy.py",
-           "return next((c for c, a in accuracies.items() if c != default and a >= floor), None)",
-           "return max((c for c in accuracies if c != default and accuracies[c] >= floor), key=accuracies.get, default=None)",
-           ["test_sft.py", "-k", "floor_rule"], "the base takes the most accurate top-up snapshot, not the least trained"),
 ]
 
 
