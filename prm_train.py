@@ -105,7 +105,9 @@ Commands
         --labels-path out/arith-labels.jsonl --num-problems 4096 --samples-per-problem 4 --completions 8
     cat out/arith-labels.jsonl.rank0 out/arith-labels.jsonl.rank1 > out/arith-labels.jsonl
     python prm_train.py --init models/arith-policy-v2 --data out/arith-labels.jsonl --form likelihood \\
-        --lr 3e-4 --min-lr 3e-5 --epochs 3 --soft-labels --out-dir models/arith-prm
+        --lr 3e-4 --min-lr 3e-5 --epochs 3 --soft-labels --save-steps 0 150 450 900 --out-dir models/arith-prm
+    (then scripts/pick_prm.py keeps whichever of the end and the snapshots in models/arith-prm/step-N
+    ranks the start's own answers best on valid: how far training helps is not stable across CPUs)
     python prm_train.py --init models/arith-policy-v2 --data out/arith-labels.jsonl --form implicit \\
         --beta 0.5 --lr 3e-4 --min-lr 3e-5 --epochs 2 --objective outcome --out-dir models/arith-orm
   (the labels come from the start policy, models/arith-policy; the reward models start from
@@ -217,6 +219,9 @@ class Config:
     warmup_steps: int = field(20, "linear warmup steps")
     weight_decay: float = field(0.0, "AdamW weight decay of the matrices")
     grad_clip: float = field(1.0, "max gradient norm (0 = off)")
+    save_steps: list[int] = field([], "also save the reward model after these optimizer steps (0 = before the "
+                                  "first: --init as the chosen form reads it), each to <out_dir>/step-N, "
+                                  "loadable as the end is; candidates for scripts/pick_prm.py")
     max_len: int = field(512, "inputs longer than this many tokens are dropped (count printed)")
     eval_batch_size: int = field(64, "sequences per forward pass in the held-out evaluation")
     # runtime
@@ -261,6 +266,7 @@ def check_config(cfg):
     if cfg.form != "implicit":
         common.require(not cfg.ref, f"--ref {cfg.ref}: only --form implicit has a reference")
     common.require(cfg.epochs > 0 or cfg.max_steps > 0, "need --epochs > 0 or --max-steps > 0")
+    common.require(all(k >= 0 for k in cfg.save_steps), f"--save-steps {cfg.save_steps}: each must be >= 0")
     common.require(cfg.lr > 0 and cfg.min_lr >= 0, f"--lr {cfg.lr} / --min-lr {cfg.min_lr}: need lr > 0 and min-lr >= 0")
     if not cfg.mc_correct and not cfg.include_self:
         raise RunError("--no-mc-correct needs --include-self (it is what makes those labels exactly 1)")
@@ -871,9 +877,11 @@ def train_only_row(weight, row):
     weight.register_hook(lambda g: g * mask)
 
 
-def train(cfg, rt, logger, model, pad_id, examples, label_ids, kind, ref=None, calib=None):
+def train(cfg, rt, logger, model, pad_id, examples, label_ids, kind, ref=None, calib=None, snapshot=None):
     """2c. BCE at the tags (or, with `ref`, at the implicit form's step ends; with `calib` = (beta,
-    offset), at the likelihood form's), DDP under torchrun; batch_size is global. -> (last row, steps, seconds)."""
+    offset), at the likelihood form's), DDP under torchrun; batch_size is global. snapshot(step): called
+    on rank 0 at each --save-steps step (0 = before the first update); it draws no random number, so
+    the run is the same with or without snapshots. -> (last row, steps, seconds)."""
     if cfg.batch_size % (rt.world_size * cfg.micro_batch_size):
         raise RunError(f"--batch-size {cfg.batch_size} must divide by world_size {rt.world_size} x "
                        f"--micro-batch-size {cfg.micro_batch_size}")
@@ -881,6 +889,11 @@ def train(cfg, rt, logger, model, pad_id, examples, label_ids, kind, ref=None, c
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(examples) / cfg.batch_size))
     print0(f"train: {max_steps} steps of {cfg.batch_size} sequences; per rank {accum} micro-batches of "
            f"{cfg.micro_batch_size}")
+    late = [k for k in cfg.save_steps if k >= max_steps]
+    common.require(not late, f"--save-steps {late}: each must be below the run's {max_steps} steps (the "
+                   "end is saved to --out-dir anyway)")
+    if 0 in cfg.save_steps and rt.master:
+        snapshot(0)
     decay = [p for p in model.parameters() if p.dim() >= 2 and p.requires_grad and not hasattr(p, "_only_row")]
     no_decay = [p for p in model.parameters() if (p.dim() < 2 or hasattr(p, "_only_row")) and p.requires_grad]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -930,6 +943,8 @@ def train(cfg, rt, logger, model, pad_id, examples, label_ids, kind, ref=None, c
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item() if cfg.grad_clip > 0 else float("nan")
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if step + 1 in cfg.save_steps and rt.master:
+            snapshot(step + 1)
         last = {"step": step + 1, "train/loss": loss_sum * rt.world_size / n_tags,
                 "train/acc": hit * rt.world_size / n_tags, "train/lr": lr, "train/grad_norm": gnorm,
                 "perf/step_s": time.time() - t0, "perf/elapsed_s": time.time() - t_start}
@@ -940,17 +955,22 @@ def train(cfg, rt, logger, model, pad_id, examples, label_ids, kind, ref=None, c
     return last, max_steps, time.time() - t_start
 
 
+def save_rm(path, model, tokenizer, meta, ref=None):
+    """A loadable reward-model checkpoint: the unwrapped model, its tokenizer, meta.json (its
+    "reward_model" block is what rewards.load_reward_model reads) and, implicit form, ref/."""
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    if ref is not None:
+        ref.save_pretrained(os.path.join(path, "ref"))
+    with open(os.path.join(path, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+
+
 def save_and_evaluate(cfg, rt, logger, model, tokenizer, eval_recs, kind, meta, ref=None):
     """Stage 3 (rank 0): save the unwrapped model, the tokenizer and meta.json (the scorer reads
     its "reward_model" block; --form implicit: the reference policy in <out_dir>/ref), then evaluate
     the SAVED files on the held-out records."""
-    # 3a. save
-    model.save_pretrained(cfg.out_dir)
-    tokenizer.save_pretrained(cfg.out_dir)
-    if ref is not None:
-        ref.save_pretrained(os.path.join(cfg.out_dir, "ref"))
-    with open(os.path.join(cfg.out_dir, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=2)
+    save_rm(cfg.out_dir, model, tokenizer, meta, ref)  # 3a
     # 3b. held-out evaluation of the saved files
     rm = rewards.load_reward_model(cfg.out_dir, kind=kind, device=rt.device)
     res = evaluate_rm(rm, eval_recs, cfg.eval_batch_size) if eval_recs else {}
@@ -1010,10 +1030,6 @@ def main(argv=None):
         common.require(calib[0] > 0, f"--form likelihood: the fitted beta is {calib[0]:.4g} <= 0: --init's "
                        "log-likelihood does not rank these labels (a lower step likelihood reads as better)")
         print0(f"likelihood form: beta {calib[0]:.4f}, offset {calib[1]:.4f} (fitted on --init's margins)")
-    last, max_steps, train_s = train(cfg, rt, logger, model, tokenizer.pad_token_id, examples,
-                                     (pos_id, neg_id), kind, ref, calib)
-
-    # 3. save and evaluate
     rm_meta = {"kind": kind, "step_tag": cfg.step_tag, "pos_token": cfg.pos_token, "neg_token": cfg.neg_token,
                "input_format": cfg.input_format, "step_sep": cfg.step_sep, "prompt": cfg.prompt}
     if calib is not None:
@@ -1022,6 +1038,16 @@ def main(argv=None):
     if ref is not None:
         rm_meta = {"kind": kind, "form": "implicit", "beta": cfg.beta, "ref": "ref", "step_sep": cfg.step_sep,
                    "prompt": cfg.prompt}
+
+    def snapshot(step):  # --save-steps: the model as it is now, with the meta the end will have
+        save_rm(os.path.join(cfg.out_dir, f"step-{step}"), model, tokenizer,
+                {"config": dataclasses.asdict(cfg), "reward_model": rm_meta, "step": step, "snapshot": True}, ref)
+        print0(f"saved snapshot {os.path.join(cfg.out_dir, f'step-{step}')}")
+
+    last, max_steps, train_s = train(cfg, rt, logger, model, tokenizer.pad_token_id, examples,
+                                     (pos_id, neg_id), kind, ref, calib, snapshot)
+
+    # 3. save and evaluate
     meta = {"config": dataclasses.asdict(cfg), "reward_model": rm_meta, "step": max_steps, "metrics": last,
             "n_params": n_params, "train_wall_s": train_s, "command": "python " + " ".join(sys.argv)}
     if rt.master:

@@ -823,3 +823,92 @@ def test_likelihood_training_run_fits_and_saves(tiny_model_dir, tmp_path):
         res = subprocess.run(base + extra + ["--out-dir", str(tmp_path / "bad")], capture_output=True, text=True,
                              timeout=120, cwd=ROOT, env=env)
         assert res.returncode == 2 and msg in res.stderr and "Traceback" not in res.stderr, res.stderr[-800:]
+
+
+def test_save_steps_snapshots_are_the_run_stopped_there(tiny_model_dir, tmp_path):
+    """--save-steps 0 1 in a 3-step run: step-0 holds --init's weights, step-1 the weights of a run
+    stopped after 1 update (inside the warmup the learning rate does not depend on the run's length,
+    and the data order does not either), each loadable as a reward model with the end's meta; the
+    end is byte-identical to a run without snapshots (saving draws no random number). A step the run
+    never reaches is a one-line error."""
+    from safetensors.torch import load_file
+
+    data = tmp_path / "labels.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _toy_records(40)))
+    base = [sys.executable, os.path.join(ROOT, "prm_train.py"), "--init", tiny_model_dir, "--data", str(data),
+            "--form", "implicit", "--batch-size", "8", "--micro-batch-size", "4", "--eval-frac", "0.3",
+            "--warmup-steps", "10", "--lr", "1e-2"]
+    run = lambda *a: subprocess.run(base + list(a), capture_output=True, text=True, timeout=120, cwd=ROOT,
+                                    env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for args in (["--max-steps", "3", "--save-steps", "0", "1", "--out-dir", str(tmp_path / "snap")],
+                 ["--max-steps", "3", "--out-dir", str(tmp_path / "plain")],
+                 ["--max-steps", "1", "--out-dir", str(tmp_path / "one")]):
+        res = run(*args)
+        assert res.returncode == 0, res.stderr[-2000:]
+    w = lambda d: load_file(os.path.join(d, "model.safetensors"))
+    same = lambda a, b: a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    snap = tmp_path / "snap"
+    assert same(w(snap / "step-0"), w(tiny_model_dir))
+    assert same(w(snap / "step-1"), w(tmp_path / "one"))
+    assert not same(w(snap / "step-1"), w(snap))  # steps 2-3 moved on from it
+    assert (snap / "model.safetensors").read_bytes() == (tmp_path / "plain" / "model.safetensors").read_bytes()
+    end_meta = json.loads((snap / "meta.json").read_text())
+    for k in (0, 1):
+        meta = json.loads((snap / f"step-{k}" / "meta.json").read_text())
+        assert meta["step"] == k and meta["reward_model"] == end_meta["reward_model"]
+        assert (snap / f"step-{k}" / "ref" / "config.json").exists()
+        assert [len(x) for x in rewards.load_reward_model(str(snap / f"step-{k}"), device="cpu").score(QS, RS)] == [3, 2, 4]
+    res = run("--max-steps", "3", "--save-steps", "3", "--out-dir", str(tmp_path / "bad"))
+    assert res.returncode == 2 and "--save-steps [3]" in res.stderr and "Traceback" not in res.stderr, res.stderr[-800:]
+
+
+def test_pick_prm_rule():
+    """scripts/pick_prm.choose: the highest within-problem AUC; a tie goes to the first listed; a
+    candidate without an AUC never wins; None when none has one."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from pick_prm import choose
+
+    assert choose({"end": 0.82, "s0": 0.885, "s150": 0.846}) == "s0"
+    assert choose({"end": 0.894, "s0": 0.890}) == "end"
+    assert choose({"end": 0.85, "s0": 0.86, "s1": 0.86}) == "s0"        # a tie: the first listed
+    assert choose({"end": 0.86, "s0": 0.86}) == "end"
+    assert choose({"end": None, "s0": 0.5}) == "s0"
+    assert choose({"end": None}) is None
+
+
+def test_pick_prm_scores_saved_samples_and_copies(tmp_path):
+    """End to end on a hand-written samples file (one right and one slipped answer per question):
+    each candidate's AUC is the share of questions whose right answer has the higher min step score
+    (counted here from the scorer's step scores), a candidate listed twice ties with itself and the
+    first is kept in place, the chosen one is copied to --out-dir with selection.json; --split test
+    and a missing checkpoint are one-line errors."""
+    import shutil
+
+    prm = os.path.join(ROOT, "models", "arith-prm")
+    rows = []
+    for p, (a, b) in enumerate([(12, 30), (41, 8), (7, 25)]):
+        for i, c in enumerate((a + b, a + b + 1)):
+            rows.append({"problem": p, "kind": "sample", "sample": i, "question": f"Compute {a} + {b}.",
+                         "response": f"{a} + {b} = {c}\n\nThe answer is \\boxed{{{c}}}.", "correct": c == a + b})
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = [sys.executable, os.path.join(ROOT, "scripts", "pick_prm.py"), "--samples-file", str(samples)]
+    run = lambda *a: subprocess.run(script + list(a), capture_output=True, text=True, timeout=300, cwd=ROOT,
+                                    env={**os.environ, "OMP_NUM_THREADS": "1"})
+    kept = tmp_path / "kept"
+    shutil.copytree(prm, kept)
+    res = run("--candidates", str(kept), prm, "--out-dir", str(kept))
+    assert res.returncode == 0, res.stderr[-2000:]
+    sel = json.loads((kept / "selection.json").read_text())
+    steps = rewards.load_reward_model(prm, device="cpu").score([r["question"] for r in rows], [r["response"] for r in rows])
+    right, wrong = [min(x) for x in steps[0::2]], [min(x) for x in steps[1::2]]
+    want = sum((r > w) + 0.5 * (r == w) for r, w in zip(right, wrong)) / 3
+    assert sel["chosen"] == str(kept) and sel["within_problem_auc"] == {str(kept): want, prm: want}
+    assert sel["best_of_n"][prm] == sum(r >= w for r, w in zip(right, wrong)) / 3 and sel["n_problems"] == 3
+    res = run("--candidates", prm, "--out-dir", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == open(os.path.join(prm, "model.safetensors"), "rb").read()
+    for args, msg in ((["--candidates", prm, "--split", "test"], "never on test"),
+                      (["--candidates", str(tmp_path / "nope")], "no such checkpoint directory")):
+        res = run(*args, "--out-dir", str(tmp_path / "bad"))
+        assert res.returncode == 2 and msg in res.stderr and "Traceback" not in res.stderr, res.stderr[-800:]

@@ -12,7 +12,10 @@
 #   models/arith-prm       PRM: the likelihood form (prm_train.py --form likelihood): arith-policy-v2
 #                          trained on the step labels (the soft Monte-Carlo fractions as targets,
 #                          --soft-labels) for 3 epochs; a step's margin is its own log-likelihood
-#                          (the worst so far), scaled and shifted by a fit made before training
+#                          (the worst so far), scaled and shifted by a fit made before training.
+#                          Checked on valid by scripts/pick_prm.py: of the end and the snapshots at
+#                          0 (untrained), 150, 450 and 900 steps, the one that ranks the start's own
+#                          answers best (the end on the CPU that built the shipped PRM)
 #   models/arith-orm       ORM: the implicit form (--form implicit) on the solutions' correctness
 #                          (the last step only), 2 epochs (no longer than the PRM beside it: the
 #                          build's time budget), its margin a log-prob ratio against
@@ -48,7 +51,7 @@ python data/arith/prepare.py
 stamp "2/4 policy and the reward models' base (two sft.py side by side, ~21 min), then the pick on valid"
 rm -rf "$OUT/arith-policy" "$OUT/arith-policy-v2" "$OUT/arith-prm" "$OUT/arith-orm"   # a rebuild replaces them
 LOGS=$(dirname "$LABELS")
-STEPS="$LOGS/sft-steps"   # snapshots along both runs: the pick's candidates (scratch, not shipped)
+STEPS="$LOGS/sft-steps"   # snapshots along the SFT and PRM runs: the picks' candidates (scratch, not shipped)
 POL_SNAPS="1000 1100 1200 1300"; BASE_SNAPS="1400"
 rm -rf "$STEPS" && mkdir -p "$STEPS"
 python sft.py --train-split sft --eval-split valid --save-steps $POL_SNAPS \
@@ -73,14 +76,21 @@ torchrun --standalone --nproc_per_node=2 prm_train.py --init "$OUT/arith-policy"
     --labels-path "$LABELS" --num-problems 4096 --samples-per-problem 4 --completions 8
 cat "$LABELS".rank0 "$LABELS".rank1 > "$LABELS"
 
-stamp "4/4 PRM and ORM (in parallel)"
+stamp "4/4 PRM and ORM (in parallel), then the PRM's length picked on valid"
 RM="--init $OUT/arith-policy-v2 --data $LABELS --lr 3e-4 --min-lr 3e-5"
-python prm_train.py $RM --form likelihood --soft-labels --epochs 3 --out-dir "$OUT/arith-prm" \
-    > "$LOGS/arith-prm.log" 2>&1 &
+PRM_SNAPS="0 150 450 900"   # of 1,334 steps (3 epochs); 0 = the base with the fitted scale, untrained
+python prm_train.py $RM --form likelihood --soft-labels --epochs 3 --save-steps $PRM_SNAPS \
+    --out-dir "$OUT/arith-prm" > "$LOGS/arith-prm.log" 2>&1 &
 prm=$!
 python prm_train.py $RM --form implicit --beta 0.5 --objective outcome --epochs 2 --out-dir "$OUT/arith-orm" \
     > "$LOGS/arith-orm.log" 2>&1 &
 orm=$!
 wait_ok $prm "$LOGS/arith-prm.log"
+prm_candidates=("$OUT/arith-prm")   # the end first: a tie keeps the full training
+for k in $PRM_SNAPS; do mv "$OUT/arith-prm/step-$k" "$STEPS/prm-$k"; prm_candidates+=("$STEPS/prm-$k"); done
+# the PRM that ranks the start's own answers best on valid: the end of the run on the CPU that built
+# the shipped PRM; an earlier snapshot where training lowers the ranking (scripts/pick_prm.py)
+python scripts/pick_prm.py --policy "$OUT/arith-policy" --candidates "${prm_candidates[@]}" \
+    --out-dir "$OUT/arith-prm" 2>&1 | tee "$LOGS/pick-prm.log"
 wait_ok $orm "$LOGS/arith-orm.log"
 stamp "done in $(( ($(date +%s) - t0) / 60 )) min"

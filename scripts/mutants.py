@@ -257,6 +257,15 @@ MUTANTS = [
            "return min(inside, key=lambda c: abs(accuracies[c] - target)) if inside else None",
            "return max(inside, key=lambda c: abs(accuracies[c] - target)) if inside else None",
            ["test_sft.py", "-k", "pick_policy_rule"], "the pick takes the candidate farthest from the target"),
+    # the build's PRM snapshots and its pick of the PRM's training length
+    Mutant("prm-snapshot-after-next-update", "prm_train.py",
+           "        if step + 1 in cfg.save_steps and rt.master:\n            snapshot(step + 1)",
+           "        if step in cfg.save_steps and rt.master:\n            snapshot(step)",
+           ["test_prm.py", "-k", "save_steps"], "--save-steps K saves the weights after update K + 1"),
+    Mutant("pick-prm-tie-last", "scripts/pick_prm.py",
+           "key=lambda c: (aucs[c], -list(aucs).index(c))",
+           "key=lambda c: (aucs[c], list(aucs).index(c))",
+           ["test_prm.py", "-k", "pick_prm_rule"], "a tie goes to the last listed (not the full training)"),
 ]
 
 
