@@ -71,6 +71,17 @@ def greedy_accuracy(path, problems, cfg):
     return acc
 
 
+def install(chosen, out_dir, record):
+    """Copy the chosen checkpoint to out_dir (one that already is out_dir stays), then write the
+    record, with the command line, as out_dir/selection.json. Shared with scripts/pick_prm.py."""
+    if os.path.abspath(chosen) != os.path.abspath(out_dir):
+        if os.path.isdir(out_dir):
+            shutil.rmtree(out_dir)
+        shutil.copytree(chosen, out_dir)
+    record = {**record, "command": "python " + " ".join(sys.argv)}
+    common.atomic_write(os.path.join(out_dir, "selection.json"), json.dumps(record, indent=2).encode())
+
+
 def main(argv=None):
     cfg = common.parse_config(Config, argv)
     common.require(cfg.split != "test", "--split test: the starting policy is chosen on validation, never on test")
@@ -91,14 +102,8 @@ def main(argv=None):
         raise common.RunError(f"no checkpoint inside the greedy band [{cfg.low}, {cfg.high}] on {cfg.split}: "
                               + ", ".join(f"{p} {a:.3f}" for p, a in accuracies.items()))
 
-    # copy (a kept default that is already --out-dir stays), then selection.json
-    if os.path.abspath(chosen) != os.path.abspath(cfg.out_dir):
-        if os.path.isdir(cfg.out_dir):
-            shutil.rmtree(cfg.out_dir)
-        shutil.copytree(chosen, cfg.out_dir)
-    record = {"chosen": chosen, "accuracy": accuracies[chosen], "greedy_accuracy": accuracies,
-              "n_problems": len(problems), "config": asdict(cfg), "command": "python " + " ".join(sys.argv)}
-    common.atomic_write(os.path.join(cfg.out_dir, "selection.json"), json.dumps(record, indent=2).encode())
+    install(chosen, cfg.out_dir, {"chosen": chosen, "accuracy": accuracies[chosen], "greedy_accuracy": accuracies,
+                                  "n_problems": len(problems), "config": asdict(cfg)})
     print0(f"chosen {chosen} (greedy {accuracies[chosen]:.3f}) -> {cfg.out_dir}")
 
 

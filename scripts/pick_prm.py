@@ -26,9 +26,7 @@ candidate, one core):
     python scripts/pick_prm.py --policy models/arith-policy --candidates models/arith-prm \\
         out/prm-steps/step-0 out/prm-steps/step-445 --out-dir models/arith-prm
 """
-import json
 import os
-import shutil
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -40,6 +38,7 @@ import common  # noqa: E402
 import evaluate  # noqa: E402
 import rewards  # noqa: E402
 from common import field, print0  # noqa: E402
+from pick_policy import install  # noqa: E402  (scripts/ is this file's folder: on sys.path when run)
 
 
 @dataclass
@@ -109,14 +108,9 @@ def main(argv=None):
         raise common.RunError("no problem has both a right and a wrong answer among the samples: "
                               "the within-problem AUC is undefined, nothing to choose by")
 
-    if os.path.abspath(chosen) != os.path.abspath(cfg.out_dir):
-        if os.path.isdir(cfg.out_dir):
-            shutil.rmtree(cfg.out_dir)
-        shutil.copytree(chosen, cfg.out_dir)
-    record = {"chosen": chosen, "within_problem_auc": {c: q[0] for c, q in quality.items()},
-              "best_of_n": {c: q[1] for c, q in quality.items()}, "n_problems": len(groups),
-              "config": asdict(cfg), "command": "python " + " ".join(sys.argv)}
-    common.atomic_write(os.path.join(cfg.out_dir, "selection.json"), json.dumps(record, indent=2).encode())
+    install(chosen, cfg.out_dir, {"chosen": chosen, "within_problem_auc": {c: q[0] for c, q in quality.items()},
+                                  "best_of_n": {c: q[1] for c, q in quality.items()}, "n_problems": len(groups),
+                                  "config": asdict(cfg)})
     print0(f"chosen {chosen} (within-problem AUC {quality[chosen][0]:.4f}) -> {cfg.out_dir}")
 
 
