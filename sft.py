@@ -112,8 +112,8 @@ class Config:
     weight_decay: float = field(0.0, "AdamW weight decay of the matrices (none on norms and biases)")
     grad_clip: float = field(1.0, "max grad norm (0 = off)")
     save_steps: list[int] = field([], "also save the model at these steps (before the last), each to "
-                                  "<out-dir>/step-K: candidates for a checkpoint picked on validation "
-                                  "(scripts/pick_policy.py)")
+                                  "<out-dir>/step-K (weights, tokenizer, meta.json): candidates for a "
+                                  "checkpoint picked on validation (scripts/pick_policy.py)")
     # evaluation
     eval_every: int = field(250, "steps between greedy evals (0 = only at the end)")
     eval_limit: int = field(100, "eval problems: the first N of the eval split (0 = all)")
@@ -414,10 +414,14 @@ def train(cfg, rt, model, tokenizer, examples, eval_problems, logger):
         # the last step's eval and row come after the save (main), so a failing eval loses nothing
         if step + 1 == cfg.max_steps:
             break
-        if step + 1 in cfg.save_steps and rt.master:  # a snapshot: weights only, no RNG is drawn
+        if step + 1 in cfg.save_steps and rt.master:  # a snapshot: no RNG is drawn
             snapshot = os.path.join(cfg.out_dir, f"step-{step + 1}")
             raw_model.save_pretrained(snapshot)
             tokenizer.save_pretrained(snapshot)
+            # its own meta.json: a snapshot the build picks as the start says what made it
+            meta = {"config": asdict(cfg), "step": step + 1, "snapshot_of": cfg.out_dir, "metrics": last,
+                    "command": "python " + " ".join(sys.argv)}
+            common.atomic_write(os.path.join(snapshot, "meta.json"), json.dumps(meta, indent=2).encode())
         evaluated = bool(cfg.eval_every and (step + 1) % cfg.eval_every == 0)
         if evaluated:
             if rt.master:

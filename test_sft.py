@@ -190,6 +190,8 @@ def test_save_steps_snapshot_is_the_model_after_that_step(tiny_model_dir, tmp_pa
     assert all(torch.equal(snap[k], short[k]) for k in snap)
     assert any(not torch.equal(snap[k], final[k]) for k in snap)  # steps 3-4 moved on from it
     assert (tmp_path / "long" / "step-2" / "tokenizer.json").exists()
+    meta = json.loads((tmp_path / "long" / "step-2" / "meta.json").read_text())  # what made it
+    assert meta["step"] == 2 and meta["metrics"]["step"] == 2 and meta["config"]["max_steps"] == 4
     assert common.load_model(str(tmp_path / "long" / "step-2")).generation_config.pad_token_id is not None
     with pytest.raises(common.RunError, match="--save-steps"):
         sft.main(args + ["--max-steps", "4", "--save-steps", "4", "--out-dir", str(tmp_path / "bad")])
