@@ -23,11 +23,11 @@
 #   (models/arith-prm-tag / arith-orm-tag, the v2 tag-form models the results table used, came from
 #   this script at commit 996eb7c: 1500-step policy, its labels, "--extra-layers 2 ... --epochs 4")
 #
-# Usage (from the repository root; README "The arith world v3" gives each stage's time: 56 min
+# Usage (from the repository root; README "The arith world v3" gives each stage's time: 55 min
 # in all on a 2-core AMD EPYC machine (70 min with the 6-epoch ORM before; 46-56 min for earlier v3
 # recipes on the faster 2 cores that built the shipped policies). On another CPU the rebuilt weights
-# differ: the pick keeps the start in the band, but the reward models come out weaker, see
-# "Rebuilt on another CPU"):
+# differ: the picks keep the start in the band and the PRM that ranks its answers best; on the AMD
+# machine that world met the targets on test, see "Rebuilt on another CPU"):
 #     bash scripts/build_arith.sh                  # everything
 #     OUT=/tmp/arith LABELS=/tmp/arith/labels.jsonl bash scripts/build_arith.sh   # elsewhere
 #
