@@ -414,14 +414,8 @@ def train(cfg, rt, model, tokenizer, examples, eval_problems, logger):
         # the last step's eval and row come after the save (main), so a failing eval loses nothing
         if step + 1 == cfg.max_steps:
             break
-        if step + 1 in cfg.save_steps and rt.master:  # a snapshot: no RNG is drawn
-            snapshot = os.path.join(cfg.out_dir, f"step-{step + 1}")
-            raw_model.save_pretrained(snapshot)
-            tokenizer.save_pretrained(snapshot)
-            # its own meta.json: a snapshot the build picks as the start says what made it
-            meta = {"config": asdict(cfg), "step": step + 1, "snapshot_of": cfg.out_dir, "metrics": last,
-                    "command": "python " + " ".join(sys.argv)}
-            common.atomic_write(os.path.join(snapshot, "meta.json"), json.dumps(meta, indent=2).encode())
+        if step + 1 in cfg.save_steps and rt.master:  # a snapshot, as the end is saved; no RNG is drawn
+            save(cfg, rt, raw_model, tokenizer, last, t_start, snapshot_step=step + 1)
         evaluated = bool(cfg.eval_every and (step + 1) % cfg.eval_every == 0)
         if evaluated:
             if rt.master:
@@ -447,15 +441,20 @@ def check_config(cfg):
     common.require(cfg.lr > 0 and cfg.min_lr >= 0, f"--lr {cfg.lr} / --min-lr {cfg.min_lr}: need lr > 0 and min-lr >= 0")
 
 
-def save(cfg, rt, model, tokenizer, last, t_start):
-    """Step 5 (rank 0): the unwrapped model + tokenizer, and meta.json (written atomically)."""
-    model.save_pretrained(cfg.out_dir)
-    tokenizer.save_pretrained(cfg.out_dir)
-    meta = {"config": asdict(cfg), "step": cfg.max_steps, "metrics": last,
+def save(cfg, rt, model, tokenizer, last, t_start, snapshot_step=None):
+    """Step 5 (rank 0): the unwrapped model + tokenizer, and meta.json (written atomically), to
+    out_dir; with snapshot_step K (--save-steps), the same to out_dir/step-K, so that a snapshot the
+    build picks as the start says what made it."""
+    path = cfg.out_dir if snapshot_step is None else os.path.join(cfg.out_dir, f"step-{snapshot_step}")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    meta = {"config": asdict(cfg), "step": snapshot_step or cfg.max_steps, "metrics": last,
             "n_params": sum(p.numel() for p in model.parameters()), "train_wall_s": time.time() - t_start,
             "torch_threads": torch.get_num_threads(), "world_size": rt.world_size,
             "command": "python " + " ".join(sys.argv)}
-    common.atomic_write(os.path.join(cfg.out_dir, "meta.json"), json.dumps(meta, indent=2).encode())
+    if snapshot_step is not None:
+        meta["snapshot_of"] = cfg.out_dir
+    common.atomic_write(os.path.join(path, "meta.json"), json.dumps(meta, indent=2).encode())
     return meta
 
 
