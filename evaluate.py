@@ -65,10 +65,10 @@ Sampling is reproducible for a fixed --seed, --batch-size and process count (not
 GPU kernels or bf16).
 
 Expected: models/arith-policy on the arith test split (greedy + 8 samples, ~2 min on 2 CPU
-cores): greedy_accuracy 0.528, sampling_accuracy 0.273, pass@8 0.748, maj@8 0.424 (--seed 0), ~72
+cores): greedy_accuracy 0.452, sampling_accuracy 0.226, pass@8 0.666, maj@8 0.334 (--seed 0), ~72
 greedy response tokens, ~4 steps, no repeated steps or truncations; with --prm models/arith-prm
---orm models/arith-orm --temperature 0.5, best-of-8 0.662 / 0.574 (README, "The arith world v3"). A random policy
-scores 0 with truncated_fraction ~1.
+--orm models/arith-orm --temperature 0.5, best-of-8 0.586 / 0.476 against maj@8 0.420 (README, "The
+arith world v3"). A random policy scores 0 with truncated_fraction ~1.
 
 Shapes: B sequences in a generate batch, P prompt tokens (left-padded), T generated tokens,
 n samples per problem, K steps of a response.

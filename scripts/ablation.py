@@ -2,7 +2,9 @@
 The project's headline experiment (issues 7 and 15): the reward ablation of Gao et al. 2024 in
 miniature on the arith world (the start --policy, whose demonstrations already hold unneeded
 "So far we have ..." / "Check: ..." steps, and the --prm / --orm). The README's table is the v2 one:
---policy models/arith-policy-v2 --prm models/arith-prm-tag --orm models/arith-orm-tag; the defaults
+--policy models/arith-policy-v2 --prm models/arith-prm-tag --orm models/arith-orm-tag, with
+models/arith-policy-v2 as it was up to commit 9640bfd (git checkout 9640bfd -- models/arith-policy-v2;
+the path now holds the v3 reward models' base from another CPU); the defaults
 are the shipped v3 assets (models/arith-policy, the likelihood arith-prm and the implicit arith-orm). PPO with twelve
 reward VARIANTS (below: a ppo.py --reward mode, for some with one more flag), several seeds, ppo.py's
 own defaults except the budget; every main run's final checkpoint evaluated once on the test split

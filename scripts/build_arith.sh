@@ -6,8 +6,10 @@
 #                          checks), 1350 steps: greedy accuracy inside the 30-70% band. Checked on
 #                          valid by scripts/pick_policy.py: outside the band (on another CPU the same
 #                          run clicks earlier or later), the snapshot of either SFT run nearest 50%
-#   models/arith-policy-v2 the same recipe run to 1500 steps (80% greedy): the v2 start, and the
-#                          network the reward models start from (a stronger reader of arithmetic)
+#                          (the shipped one: the 1000-step snapshot, 47% on valid)
+#   models/arith-policy-v2 the same recipe run to 1500 steps (72-80% greedy, by CPU): the network the
+#                          reward models start from (a stronger reader of arithmetic); the v2 start of
+#                          the results table is this path at commit 9640bfd
 #   out/arith-labels.jsonl Math-Shepherd Monte-Carlo step labels sampled from models/arith-policy
 #   models/arith-prm       PRM: the likelihood form (prm_train.py --form likelihood): arith-policy-v2
 #                          trained on the step labels (the soft Monte-Carlo fractions as targets,
@@ -15,7 +17,8 @@
 #                          (the worst so far), scaled and shifted by a fit made before training.
 #                          Checked on valid by scripts/pick_prm.py: of the end and the snapshots at
 #                          0 (untrained), 150, 450 and 900 steps, the one that ranks the start's own
-#                          answers best (the end on the CPU that built the shipped PRM)
+#                          answers best (step 0 on the AMD EPYC machine that built the shipped set;
+#                          the end on the machine of the set shipped up to commit 9640bfd)
 #   models/arith-orm       ORM: the implicit form (--form implicit) on the solutions' correctness
 #                          (the last step only), 2 epochs (no longer than the PRM beside it: the
 #                          build's time budget), its margin a log-prob ratio against
@@ -23,11 +26,11 @@
 #   (models/arith-prm-tag / arith-orm-tag, the v2 tag-form models the results table used, came from
 #   this script at commit 996eb7c: 1500-step policy, its labels, "--extra-layers 2 ... --epochs 4")
 #
-# Usage (from the repository root; README "The arith world v3" gives each stage's time: 55 min
-# in all on a 2-core AMD EPYC machine (70 min with the 6-epoch ORM before; 46-56 min for earlier v3
-# recipes on the faster 2 cores that built the shipped policies). On another CPU the rebuilt weights
-# differ: the picks keep the start in the band and the PRM that ranks its answers best; on the AMD
-# machine that world met the issue's targets on test, see "Rebuilt on another CPU"):
+# Usage (from the repository root; README "The arith world v3" gives each stage's time: 54 min
+# in all on the 2-core AMD EPYC machine that built the shipped set, which this command rebuilds
+# there file for file (70 min with the 6-epoch ORM before; 46-56 min for earlier v3 recipes on the
+# Intel Xeon that built the previous set's policies). On another CPU the rebuilt weights differ: the
+# picks keep the start in the band and the PRM that ranks its answers best):
 #     bash scripts/build_arith.sh                  # everything
 #     OUT=/tmp/arith LABELS=/tmp/arith/labels.jsonl bash scripts/build_arith.sh   # elsewhere
 #

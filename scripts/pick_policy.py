@@ -3,7 +3,8 @@ Pick the arith starting policy on the validation split (scripts/build_arith.sh, 
 
 Why: where arithmetic "clicks" during SFT is not a stable function of the step count. The same
 command (sft.py, 1,350 steps at lr 3e-3, one thread) ends at 55% greedy validation accuracy on the
-CPU that built the shipped policy and at 72% on another CPU, because float rounding differs
+CPU that built the previous shipped policy (an Intel Xeon) and at 72% on the AMD EPYC that built
+the shipped one (which is therefore its 1,000-step snapshot, 47%), because float rounding differs
 between CPUs and the high learning rate amplifies it. The paper's premise is a start inside the
 30-70% band of its instruct models, so the build checks the band instead of trusting the count.
 
@@ -14,7 +15,7 @@ The rule (fixed before the rebuild that first used it; README "The arith world v
      end of the 1,500-step run) inside the band whose accuracy is nearest --target; a tie goes to
      the one listed first;
   3. none inside: one error line with every accuracy (train longer or shorter by hand).
-Only the default is evaluated when it passes, so on the machine that built the shipped assets the
+Only the default is evaluated when it passes, so on the machine that built the previous set the
 rule costs one greedy pass and changes nothing. The chosen checkpoint is copied to --out-dir (a
 kept default stays where it is) with selection.json: the rule, every accuracy measured, the pick.
 

@@ -4,10 +4,11 @@ Pick how long the arith PRM trains, on the validation split (scripts/build_arith
 Why: the PRM is judged by how well it ranks the start policy's own answers to one question (the
 within-problem AUC, the figure best-of-N and RL depend on), and how far training helps that
 ranking is not stable. The likelihood PRM starts from its base's own step log-likelihoods, which
-already rank well. On the CPU that built the shipped PRM, its 3 epochs on the Monte-Carlo labels
-added a little (0.890 -> 0.894 valid AUC). On another CPU, from a base trained by the same command,
-every amount of training measured lowered it (0.885 before training, 0.846 / 0.835 / 0.822 after
-1/3, 1 and 3 epochs; README "Rebuilt on another CPU"). So the build saves snapshots along the run
+already rank well. On the CPU that built the previous shipped PRM, its 3 epochs on the Monte-Carlo
+labels added a little (0.890 -> 0.894 valid AUC). On the AMD machine that built the shipped one,
+from a base trained by the same command, every amount of training measured lowered it (0.869
+before training, 0.781 / 0.770 / 0.816 / 0.829 after 150 / 450 / 900 / 1,334 steps), so the
+shipped PRM is step 0 (README "Rebuilt on another CPU"). So the build saves snapshots along the run
 (prm_train.py --save-steps, step 0 = --init with the fitted scale) and keeps the best on valid
 instead of trusting the epoch count.
 
