@@ -135,11 +135,11 @@ fitted scale, no update: held-out 0.833 / 0.871, valid within-problem AUC 0.869 
 0.829), which is models/arith-prm. The implicit ORM: held-out solution AUC 0.798. On test the
 shipped PRM scores a step-2 slip lower in 94% of pairs, ranks a question's right answers above its
 wrong ones with AUC 0.866, and best-of-8 by it is 13.4 points above greedy at T = 0.5 (at T = 1:
-AUC 0.809, best-of-8 +5.8; README, "The arith world v3"). The previous set (an Intel Xeon's policies): the 3-epoch end kept, held-out 0.890
-/ 0.924, beta 0.4765, offset 0.7115; test 95%, 0.874, +13.4; the implicit PRM it replaced: 0.844
-/ 0.874, 88%, 0.806, +8.4. The tag form (--extra-layers 2, the v2
-models/arith-*-tag): 0.742 / 0.711 / 0.678 and ORM 0.666 on the v2 labels, weak verifiers that
-never learned to check the arithmetic. Gate before PPO: held-out step AUC >= 0.75.
+AUC 0.809, best-of-8 +5.8; README, "The arith world v3"). The previous set (an Intel Xeon's
+policies): the 3-epoch end kept, held-out 0.890 / 0.924, beta 0.4765, offset 0.7115; test 95%,
+0.874, +13.4; the implicit PRM it replaced: 0.844 / 0.874, 88%, 0.806, +8.4. The tag form
+(--extra-layers 2, the v2 models/arith-*-tag): 0.742 / 0.711 / 0.678 and ORM 0.666 on the v2
+labels, weak verifiers that never learned to check the arithmetic. Gate before PPO: held-out step AUC >= 0.75.
 
 Shapes: B sequences, L input tokens, K step tags per sequence (right-padded, with a bool mask).
 """
